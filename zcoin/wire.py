@@ -1,0 +1,247 @@
+"""The wire envelope: one msgpack map per ZeroMQ frame, checked against a schema.
+
+Every message zcoin sends between processes is a single msgpack map holding the
+protocol version (``v``), the message type (``t``) and the fields of that type.
+This module is the only place that packs and unpacks those frames (the
+jupyter_client ``Session`` idea): handlers receive a checked :class:`Message`
+and never touch raw bytes.
+
+Checks happen in a fixed order so hostile input costs little: the size limit
+before decoding, then msgpack decoding with its own container limits, then the
+version, the type and every field of the type's schema.  Any failure raises
+:class:`WireError`, whose ``reason`` is a short code fit for a log line or a
+reply to the sender.
+
+Modules declare their message types with :func:`register` at import time, e.g.::
+
+    register("join", node=Str(64), gossip=Str(256), api=Str(256))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # Bitcoin's cap on one P2P message
+
+
+class WireError(ValueError):
+    """A frame that is not a valid message; ``reason`` names what was wrong."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+# --- field kinds -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Str:
+    """A UTF-8 string of at most ``max_len`` characters."""
+
+    max_len: int = 256
+
+    def check(self, value: Any) -> None:
+        if type(value) is not str:
+            raise TypeError("expected a string")
+        if len(value) > self.max_len:
+            raise ValueError(f"longer than {self.max_len}")
+
+
+@dataclass(frozen=True, slots=True)
+class Int:
+    """An integer in ``[lo, hi]`` (booleans are not integers here)."""
+
+    lo: int = 0
+    hi: int = 2**64 - 1
+
+    def check(self, value: Any) -> None:
+        if type(value) is not int:
+            raise TypeError("expected an integer")
+        if not self.lo <= value <= self.hi:
+            raise ValueError(f"out of range [{self.lo}, {self.hi}]")
+
+
+@dataclass(frozen=True, slots=True)
+class Float:
+    """A finite float or integer (ages, rates)."""
+
+    def check(self, value: Any) -> None:
+        if type(value) not in (int, float) or value != value or value in (float("inf"), float("-inf")):
+            raise TypeError("expected a finite number")
+
+
+@dataclass(frozen=True, slots=True)
+class Bytes:
+    """A byte string of at most ``max_len`` bytes, or exactly ``size`` bytes when given."""
+
+    max_len: int = MAX_MESSAGE_BYTES
+    size: int | None = None
+
+    def check(self, value: Any) -> None:
+        if type(value) is not bytes:
+            raise TypeError("expected bytes")
+        if self.size is not None and len(value) != self.size:
+            raise ValueError(f"expected {self.size} bytes")
+        if len(value) > self.max_len:
+            raise ValueError(f"longer than {self.max_len} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class Bool:
+    """True or False."""
+
+    def check(self, value: Any) -> None:
+        if type(value) is not bool:
+            raise TypeError("expected a boolean")
+
+
+@dataclass(frozen=True, slots=True)
+class List:
+    """A list of at most ``max_len`` items, each of kind ``of``."""
+
+    of: Any
+    max_len: int = 10_000
+
+    def check(self, value: Any) -> None:
+        if type(value) is not list:
+            raise TypeError("expected a list")
+        if len(value) > self.max_len:
+            raise ValueError(f"more than {self.max_len} items")
+        for item in value:
+            self.of.check(item)
+
+
+@dataclass(frozen=True, slots=True)
+class Map:
+    """A nested map with its own fields (unknown keys are refused)."""
+
+    fields: dict[str, Any]
+    optional: frozenset[str] = frozenset()
+
+    def check(self, value: Any) -> None:
+        if type(value) is not dict:
+            raise TypeError("expected a map")
+        _check_fields(value, self.fields, self.optional)
+
+
+@dataclass(frozen=True, slots=True)
+class Opt:
+    """Marks a field as optional (absent or None)."""
+
+    kind: Any
+
+
+def _check_fields(values: dict, fields: dict[str, Any], optional: frozenset[str]) -> None:
+    for key in values:
+        if key not in fields:
+            raise ValueError(f"unknown field {key!r}")
+    for key, kind in fields.items():
+        if key not in values or values[key] is None:
+            if key in optional:
+                continue
+            raise ValueError(f"missing field {key!r}")
+        try:
+            kind.check(values[key])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"field {key!r}: {exc}") from None
+
+
+# --- message types ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    fields: dict[str, Any]
+    optional: frozenset[str]
+
+
+_SCHEMAS: dict[str, Schema] = {}
+
+
+def register(msg_type: str, **fields: Any) -> None:
+    """Declare a message type and the kinds of its fields (wrap optional ones in :class:`Opt`)."""
+    optional = frozenset(k for k, v in fields.items() if isinstance(v, Opt))
+    plain = {k: (v.kind if isinstance(v, Opt) else v) for k, v in fields.items()}
+    existing = _SCHEMAS.get(msg_type)
+    schema = Schema(plain, optional)
+    if existing is not None and existing != schema:
+        raise ValueError(f"message type {msg_type!r} registered twice with different fields")
+    _SCHEMAS[msg_type] = schema
+
+
+def registered_types() -> frozenset[str]:
+    """The message types known to this process."""
+    return frozenset(_SCHEMAS)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A checked message: its type and its fields."""
+
+    type: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.fields[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.fields.get(key)
+        return default if value is None else value
+
+
+def encode(msg_type: str, **fields: Any) -> bytes:
+    """Pack a message of a registered type; the fields are checked like incoming ones."""
+    schema = _SCHEMAS.get(msg_type)
+    if schema is None:
+        raise WireError("unknown-type", msg_type)
+    fields = {k: v for k, v in fields.items() if v is not None}
+    try:
+        _check_fields(fields, schema.fields, schema.optional)
+    except ValueError as exc:
+        raise WireError("bad-field", f"{msg_type}: {exc}") from None
+    frame = msgpack.packb({"v": PROTOCOL_VERSION, "t": msg_type, **fields}, use_bin_type=True)
+    if len(frame) > MAX_MESSAGE_BYTES:
+        raise WireError("oversized", f"{len(frame)} bytes")
+    return frame
+
+
+def decode(frame: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+    """Unpack and check one frame; raise :class:`WireError` on anything wrong."""
+    if len(frame) > max_bytes:
+        raise WireError("oversized", f"{len(frame)} > {max_bytes} bytes")
+    try:
+        obj = msgpack.unpackb(
+            frame,
+            raw=False,
+            strict_map_key=True,
+        )
+    except Exception as exc:  # msgpack raises many types on hostile input
+        raise WireError("malformed", type(exc).__name__) from None
+    if type(obj) is not dict:
+        raise WireError("malformed", "not a map")
+    version = obj.pop("v", None)
+    if type(version) is not int:
+        raise WireError("malformed", "no protocol version")
+    if version != PROTOCOL_VERSION:
+        raise WireError("bad-version", f"version {version}, expected {PROTOCOL_VERSION}")
+    msg_type = obj.pop("t", None)
+    if type(msg_type) is not str:
+        raise WireError("malformed", "no message type")
+    schema = _SCHEMAS.get(msg_type)
+    if schema is None:
+        raise WireError("unknown-type", msg_type[:64])
+    try:
+        _check_fields(obj, schema.fields, schema.optional)
+    except ValueError as exc:
+        raise WireError("bad-field", f"{msg_type}: {exc}") from None
+    return Message(msg_type, obj)
+
+
+# Replies shared by every service.
+register("error", reason=Str(64), detail=Opt(Str(1024)))
