@@ -1,0 +1,406 @@
+"""The chain manager: which blocks a node has, and which chain it follows.
+
+:class:`Chain` keeps the whole block index in memory (loaded from the store
+at start) and decides, like Bitcoin Core's ``ActivateBestChain``, which chain
+is active: the one with the most cumulative work whose every block has been
+received and found valid; on equal work the first seen stays.  Reaching it
+means disconnecting blocks down to the fork point with their undo data and
+connecting the new branch, each step one SQL transaction in
+:class:`~zcoin.storage.ChainStore`, so a crash at any point leaves a
+consistent chain that the next start carries on from.
+
+Blocks arrive in any order.  A block whose parent is unknown waits in the
+:class:`OrphanPool` (bounded in count and bytes, oldest evicted) and the
+caller is told which ancestor to fetch; once the parent connects, the orphans
+follow.  Headers may come first (headers-first sync): :meth:`Chain.add_header`
+indexes a checked header without its body, and :meth:`Chain.blocks_to_fetch`
+lists the bodies the best header chain still lacks.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from zcoin.consensus import errors as E
+from zcoin.consensus.params import ChainParams
+from zcoin.consensus.pow import block_work, check_pow
+from zcoin.consensus.primitives import Block, BlockHeader
+from zcoin.consensus.validation import (
+    HeaderContext,
+    check_block,
+    check_header_context,
+    connect_block,
+    median_time_past,
+    next_bits,
+    reorg_path,
+)
+from zcoin.storage import HAVE_DATA, HEADER_ONLY, INVALID, ChainStore
+
+MAX_ORPHAN_BLOCKS = 256
+MAX_ORPHAN_BYTES = 32 * 1024 * 1024
+MAX_HEADERS_PER_REPLY = 2000  # Bitcoin's cap on one ``headers`` message
+MAX_LOCATOR_HASHES = 64
+
+
+class BlockInvalidAncestor(E.InvalidBlock):
+    """The block descends from a block already found invalid."""
+
+    code = "bad-prevblk"
+
+
+class UnknownParent(LookupError):
+    """A header whose parent is not in the index (fetch the ancestors first)."""
+
+
+@dataclass(slots=True)
+class IndexEntry:
+    """A block known to the node: its place in the tree and what is known of it."""
+
+    hash: bytes
+    prev_hash: bytes
+    height: int
+    chain_work: int
+    header: BlockHeader
+    status: int
+    seq: int = 0  # arrival order: on equal work the first seen wins
+
+    @property
+    def hash_hex(self) -> str:
+        return self.hash[::-1].hex()
+
+
+@dataclass(slots=True)
+class ChainUpdate:
+    """What one call changed: blocks connected and disconnected (in order), orphans, fetch hints."""
+
+    connected: list[Block] = field(default_factory=list)
+    disconnected: list[Block] = field(default_factory=list)
+    orphaned: bool = False
+    missing: bytes | None = None  # an ancestor to fetch so an orphan can connect
+    known: bool = False
+    invalid: list[tuple[bytes, E.ValidationError]] = field(default_factory=list)
+
+    def merge(self, other: ChainUpdate) -> None:
+        self.connected.extend(other.connected)
+        self.disconnected.extend(other.disconnected)
+        self.invalid.extend(other.invalid)
+
+    @property
+    def reorg_depth(self) -> int:
+        """How many blocks left the active chain."""
+        return len(self.disconnected)
+
+
+class OrphanPool:
+    """Blocks whose parent is unknown, bounded in count and bytes (the oldest go first)."""
+
+    def __init__(self, max_blocks: int = MAX_ORPHAN_BLOCKS, max_bytes: int = MAX_ORPHAN_BYTES) -> None:
+        self.max_blocks = max_blocks
+        self.max_bytes = max_bytes
+        self.blocks: OrderedDict[bytes, Block] = OrderedDict()
+        self.by_parent: dict[bytes, set[bytes]] = {}
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __contains__(self, block_hash: bytes) -> bool:
+        return block_hash in self.blocks
+
+    def add(self, block: Block) -> None:
+        """Keep ``block`` until its parent arrives, evicting the oldest over the limits."""
+        if block.hash in self.blocks:
+            return
+        self.blocks[block.hash] = block
+        self.by_parent.setdefault(block.header.prev_hash, set()).add(block.hash)
+        self.bytes += block.size
+        while len(self.blocks) > self.max_blocks or self.bytes > self.max_bytes:
+            self._remove(next(iter(self.blocks)))
+
+    def _remove(self, block_hash: bytes) -> Block:
+        block = self.blocks.pop(block_hash)
+        self.bytes -= block.size
+        siblings = self.by_parent.get(block.header.prev_hash)
+        if siblings is not None:
+            siblings.discard(block_hash)
+            if not siblings:
+                del self.by_parent[block.header.prev_hash]
+        return block
+
+    def take_children(self, parent_hash: bytes) -> list[Block]:
+        """Remove and return the orphans whose parent is ``parent_hash``."""
+        return [self._remove(h) for h in sorted(self.by_parent.get(parent_hash, ()))]
+
+    def missing_ancestor(self, block_hash: bytes) -> bytes:
+        """The first ancestor of an orphan that is not in the pool (the one to fetch)."""
+        missing = self.blocks[block_hash].header.prev_hash
+        while missing in self.blocks:
+            missing = self.blocks[missing].header.prev_hash
+        return missing
+
+
+class Chain:
+    """A node's view of the block tree and its active chain (see the module docstring)."""
+
+    def __init__(self, store: ChainStore, params: ChainParams, *, orphans: OrphanPool | None = None) -> None:
+        self.store = store
+        self.params = params
+        self.orphans = orphans or OrphanPool()
+        self._seq = itertools.count()
+        self.index: dict[bytes, IndexEntry] = {}
+        for row in store.load_index():
+            self.index[row.hash] = IndexEntry(row.hash, row.prev_hash, row.height, row.chain_work, row.header,
+                                              row.status, next(self._seq))
+        self.active: list[bytes] = []
+        tip_hash = store.tip_hash()
+        entry = self.index[tip_hash]
+        self.active = [b""] * (entry.height + 1)
+        while True:
+            self.active[entry.height] = entry.hash
+            if entry.height == 0:
+                break
+            entry = self.index[entry.prev_hash]
+        self._candidates: set[bytes] = {
+            e.hash for e in self.index.values()
+            if e.status == HAVE_DATA and not self.in_active_chain(e.hash) and e.chain_work > self.tip.chain_work}
+        self.best_header = max((e for e in self.index.values() if e.status != INVALID),
+                               key=lambda e: (e.chain_work, -e.seq))
+        if self._candidates:  # a reorg was cut short by a crash: finish it
+            self._activate_best_chain()
+
+    # --- reading -----------------------------------------------------------------
+
+    @property
+    def tip(self) -> IndexEntry:
+        """The last block of the active chain."""
+        return self.index[self.active[-1]]
+
+    @property
+    def height(self) -> int:
+        return len(self.active) - 1
+
+    def in_active_chain(self, block_hash: bytes) -> bool:
+        entry = self.index.get(block_hash)
+        return entry is not None and entry.height < len(self.active) and self.active[entry.height] == block_hash
+
+    def entry_at(self, height: int) -> IndexEntry | None:
+        """The active chain's entry at ``height``."""
+        return self.index[self.active[height]] if 0 <= height < len(self.active) else None
+
+    def get_block(self, block_hash: bytes) -> Block | None:
+        return self.store.get_block(block_hash)
+
+    def has_block(self, block_hash: bytes) -> bool:
+        """True if the block's body is stored (or it is waiting as an orphan)."""
+        entry = self.index.get(block_hash)
+        return (entry is not None and entry.status == HAVE_DATA) or block_hash in self.orphans
+
+    def ancestor(self, entry: IndexEntry, height: int) -> IndexEntry:
+        """The ancestor of ``entry`` at ``height`` (walks the active chain when it can)."""
+        while entry.height > height:
+            if self.in_active_chain(entry.hash):
+                return self.index[self.active[height]]
+            entry = self.index[entry.prev_hash]
+        return entry
+
+    def header_context(self, parent: IndexEntry) -> HeaderContext:
+        """What the rules need to check a child of ``parent``."""
+        times = []
+        entry = parent
+        for _ in range(self.params.median_time_span):
+            times.append(entry.header.time)
+            if entry.height == 0:
+                break
+            entry = self.index[entry.prev_hash]
+        height = parent.height + 1
+        interval = self.params.retarget_interval
+        window_first_time = None
+        if interval and height % interval == 0:
+            window_first_time = self.ancestor(parent, height - interval).header.time
+        bits = next_bits(self.params, height, parent.header.bits, parent.header.time, window_first_time)
+        return HeaderContext(parent.hash, height, bits, median_time_past(times))
+
+    def next_block_context(self) -> HeaderContext:
+        """The context a block on the current tip must satisfy (for block templates)."""
+        return self.header_context(self.tip)
+
+    def locator(self) -> list[bytes]:
+        """Block locator of the active chain: dense near the tip, then exponentially sparse, then genesis."""
+        hashes, step, height = [], 1, self.height
+        while height > 0 and len(hashes) < MAX_LOCATOR_HASHES - 1:
+            hashes.append(self.active[height])
+            if len(hashes) >= 10:
+                step *= 2
+            height -= step
+        hashes.append(self.active[0])
+        return hashes
+
+    def headers_after(self, locator: list[bytes], limit: int = MAX_HEADERS_PER_REPLY) -> list[BlockHeader]:
+        """Active-chain headers after the first locator hash we share (genesis if none)."""
+        start = 0
+        for block_hash in locator:
+            if self.in_active_chain(block_hash):
+                start = self.index[block_hash].height
+                break
+        end = min(len(self.active), start + 1 + min(limit, MAX_HEADERS_PER_REPLY))
+        return [self.index[h].header for h in self.active[start + 1:end]]
+
+    def blocks_to_fetch(self, limit: int = 128) -> list[bytes]:
+        """Bodies missing on the way to the best known header, oldest first."""
+        entry = self.best_header
+        missing = []
+        while entry.status == HEADER_ONLY:
+            missing.append(entry.hash)
+            entry = self.index[entry.prev_hash]
+        missing.reverse()
+        return missing[:limit]
+
+    # --- adding ------------------------------------------------------------------
+
+    def _new_entry(self, header: BlockHeader, parent: IndexEntry, status: int) -> IndexEntry:
+        entry = IndexEntry(header.hash, header.prev_hash, parent.height + 1,
+                           parent.chain_work + block_work(header.bits), header, status, next(self._seq))
+        self.index[entry.hash] = entry
+        if entry.chain_work > self.best_header.chain_work:
+            self.best_header = entry
+        return entry
+
+    def _check_header(self, header: BlockHeader, parent: IndexEntry, now: int) -> None:
+        if parent.status == INVALID:
+            raise BlockInvalidAncestor(f"parent {parent.hash_hex} is invalid", block=header.hash_hex)
+        check_header_context(header, self.header_context(parent), self.params, now)
+
+    def add_header(self, header: BlockHeader, now: int) -> IndexEntry:
+        """Index a header without its body (headers-first sync); raise on an invalid one."""
+        entry = self.index.get(header.hash)
+        if entry is not None:
+            if entry.status == INVALID:
+                raise BlockInvalidAncestor("known invalid", block=header.hash_hex)
+            return entry
+        parent = self.index.get(header.prev_hash)
+        if parent is None:
+            raise UnknownParent(header.prev_hash)
+        if not check_pow(header, self.params.pow_limit):
+            raise E.BlockBadPow(f"hash {header.hash_hex} above its target", block=header.hash_hex)
+        self._check_header(header, parent, now)
+        entry = self._new_entry(header, parent, HEADER_ONLY)
+        self.store.put_header(header, entry.height, entry.chain_work)
+        return entry
+
+    def add_block(self, block: Block, now: int) -> ChainUpdate:
+        """Take a block from anywhere: check it, store it, follow the best chain, connect waiting orphans.
+
+        Raises an ``InvalidBlock`` subclass if ``block`` itself is invalid (its
+        descendants among the orphans are dropped with it); invalid orphans met
+        on the way are listed in ``update.invalid``.
+        """
+        update = self._add_one(block, now)
+        if update.orphaned or update.known:
+            return update
+        waiting = self.orphans.take_children(block.hash)
+        while waiting:
+            orphan = waiting.pop(0)
+            try:
+                update.merge(self._add_one(orphan, now))
+                waiting.extend(self.orphans.take_children(orphan.hash))
+            except E.ValidationError as exc:
+                update.invalid.append((orphan.hash, exc))
+                self._drop_orphan_descendants(orphan.hash)
+        return update
+
+    def _drop_orphan_descendants(self, block_hash: bytes) -> None:
+        stack = [block_hash]
+        while stack:
+            stack.extend(b.hash for b in self.orphans.take_children(stack.pop()))
+
+    def _add_one(self, block: Block, now: int) -> ChainUpdate:
+        block_hash = block.hash
+        entry = self.index.get(block_hash)
+        if entry is not None and entry.status == INVALID:
+            raise BlockInvalidAncestor("block is known to be invalid", block=block.hash_hex)
+        if entry is not None and entry.status == HAVE_DATA or block_hash in self.orphans:
+            return ChainUpdate(known=True)
+        check_block(block, self.params)
+        parent = self.index.get(block.header.prev_hash)
+        if parent is None:
+            self.orphans.add(block)
+            return ChainUpdate(orphaned=True, missing=self.orphans.missing_ancestor(block_hash))
+        self._check_header(block.header, parent, now)
+        if entry is None:
+            entry = self._new_entry(block.header, parent, HAVE_DATA)
+        entry.status = HAVE_DATA
+        self.store.put_block(block, entry.height, entry.chain_work)
+        if entry.chain_work > self.tip.chain_work:
+            self._candidates.add(block_hash)
+        update = self._activate_best_chain(just_received=block)
+        for bad_hash, exc in update.invalid:
+            if bad_hash == block_hash:
+                raise exc
+        return update
+
+    # --- following the best chain ------------------------------------------------
+
+    def _best_candidate(self) -> IndexEntry | None:
+        tip_work = self.tip.chain_work
+        for block_hash in list(self._candidates):
+            if self.index[block_hash].chain_work <= tip_work or self.index[block_hash].status != HAVE_DATA:
+                self._candidates.discard(block_hash)
+        ranked = sorted((self.index[h] for h in self._candidates), key=lambda e: (-e.chain_work, e.seq))
+        for entry in ranked:
+            if self._path_has_data(entry):
+                return entry
+        return None
+
+    def _path_has_data(self, entry: IndexEntry) -> bool:
+        """True if every block from ``entry`` down to the active chain has its body and is not invalid."""
+        while not self.in_active_chain(entry.hash):
+            if entry.status != HAVE_DATA:
+                return False
+            entry = self.index[entry.prev_hash]
+        return True
+
+    def _activate_best_chain(self, just_received: Block | None = None) -> ChainUpdate:
+        update = ChainUpdate()
+        while (best := self._best_candidate()) is not None:
+            disconnect, connect = reorg_path(self.tip, best, self.index.__getitem__)
+            for entry in disconnect:
+                block = self.store.get_block(entry.hash)
+                self.store.disconnect(block, entry.height)
+                self.active.pop()
+                self._candidates.add(entry.hash)
+                update.disconnected.append(block)
+            if disconnect:
+                logger.info("reorg", depth=len(disconnect), fork_height=self.height, to=best.hash_hex)
+            for entry in connect:
+                block = just_received if just_received is not None and just_received.hash == entry.hash \
+                    else self.store.get_block(entry.hash)
+                try:
+                    diff = connect_block(block, entry.height, self.store, self.params)
+                except E.InvalidBlock as exc:
+                    self._mark_invalid(entry)
+                    update.invalid.append((entry.hash, exc))
+                    logger.warning("block invalid", block=entry.hash_hex, height=entry.height, reason=exc.reason)
+                    break
+                self.store.connect(block, entry.height, diff)
+                self.active.append(entry.hash)
+                self._candidates.discard(entry.hash)
+                update.connected.append(block)
+        return update
+
+    def _mark_invalid(self, bad: IndexEntry) -> None:
+        """Mark ``bad`` and every known descendant invalid (never connected again)."""
+        bad.status = INVALID
+        self.store.set_status(bad.hash, INVALID)
+        self._candidates.discard(bad.hash)
+        for entry in self.index.values():
+            if entry.height > bad.height and entry.status != INVALID and self.ancestor(entry, bad.height) is bad:
+                entry.status = INVALID
+                self.store.set_status(entry.hash, INVALID)
+                self._candidates.discard(entry.hash)
+        if self.best_header.status == INVALID:
+            self.best_header = max((e for e in self.index.values() if e.status != INVALID),
+                                   key=lambda e: (e.chain_work, -e.seq))

@@ -1,0 +1,317 @@
+"""The mempool: valid transactions waiting for a block.
+
+Policy, as a user of a Bitcoin node expects it:
+
+- a transaction is accepted if it is valid against the chain's UTXO set plus
+  the outputs of transactions already in the pool (chains of unconfirmed
+  spends are fine);
+- on a conflict the first seen wins: a transaction spending an output that a
+  pool transaction already spends is refused, and the refusal names that txid;
+- the pool is bounded in bytes; when full, the lowest fee rate goes first
+  (with its descendants), and a newcomer paying less than that is refused;
+- block templates take the highest fee rates first, parents always before
+  their children, up to the block size;
+- when blocks connect, their transactions and anything conflicting with them
+  leave the pool; when blocks disconnect (a reorg), their transactions come
+  back, checked again against the new chain.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from zcoin.consensus import errors as E
+from zcoin.consensus.params import ChainParams
+from zcoin.consensus.primitives import Block, OutPoint, Transaction
+from zcoin.consensus.validation import Coin, UtxoView, check_transaction, check_tx_inputs, tx_coins
+
+DEFAULT_MAX_MEMPOOL_BYTES = 64 * 1024 * 1024
+MIN_RELAY_FEE_PER_BYTE = 0  # a local network lets free transactions through
+
+
+class MempoolReject(ValueError):
+    """A transaction the pool will not take though it may be valid (policy)."""
+
+    code = "mempool-reject"
+
+    def __init__(self, message: str, **data) -> None:
+        super().__init__(message)
+        self.data = data
+
+    @property
+    def reason(self) -> str:
+        return f"{self.code}: {self.args[0]}"
+
+
+class TxAlreadyKnown(MempoolReject):
+    code = "txn-already-known"
+
+
+class TxConflict(MempoolReject):
+    """The transaction spends an output that a pool transaction already spends (first seen wins)."""
+
+    code = "txn-mempool-conflict"
+
+
+class TxAlreadyConfirmed(MempoolReject):
+    code = "txn-already-in-chain"
+
+
+class MempoolFull(MempoolReject):
+    code = "mempool-full"
+
+
+class FeeTooLow(MempoolReject):
+    code = "min-relay-fee-not-met"
+
+
+@dataclass(slots=True)
+class MempoolEntry:
+    """A pool transaction with what ordering and eviction need."""
+
+    tx: Transaction
+    fee: int
+    size: int
+    seq: int
+    parents: set[bytes] = field(default_factory=set)  # in-pool txids it spends from
+    children: set[bytes] = field(default_factory=set)
+
+    @property
+    def fee_rate(self) -> float:
+        return self.fee / self.size
+
+    @property
+    def sort_key(self) -> tuple[float, int]:
+        """Ascending order = best first: higher fee rate, then earlier arrival."""
+        return (-self.fee_rate, self.seq)
+
+
+class MempoolView:
+    """The chain's UTXO set as the pool sees it: pool outputs added, pool spends removed."""
+
+    __slots__ = ("pool", "chain_view", "height")
+
+    def __init__(self, pool: Mempool, chain_view: UtxoView, height: int) -> None:
+        self.pool = pool
+        self.chain_view = chain_view
+        self.height = height
+
+    def get_coin(self, outpoint: OutPoint) -> Coin | None:
+        if outpoint in self.pool.spends:
+            return None
+        entry = self.pool.entries.get(outpoint.txid)
+        if entry is not None:
+            if outpoint.index >= len(entry.tx.outputs):
+                return None
+            out = entry.tx.outputs[outpoint.index]
+            return Coin(out.amount, out.pubkey, self.height, False)
+        return self.chain_view.get_coin(outpoint)
+
+
+class Mempool:
+    """Transactions waiting for a block (see the module docstring)."""
+
+    def __init__(self, params: ChainParams, *, max_bytes: int = DEFAULT_MAX_MEMPOOL_BYTES) -> None:
+        self.params = params
+        self.max_bytes = max_bytes
+        self.entries: dict[bytes, MempoolEntry] = {}
+        self.spends: dict[OutPoint, bytes] = {}  # outpoint -> txid of the pool tx spending it
+        self.bytes = 0
+        self._seq = itertools.count()
+        self._order: list[tuple[tuple[float, int], bytes]] | None = None  # cached best-first order
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, txid: bytes) -> bool:
+        return txid in self.entries
+
+    def get(self, txid: bytes) -> Transaction | None:
+        entry = self.entries.get(txid)
+        return entry.tx if entry else None
+
+    def txs(self) -> list[Transaction]:
+        """Every pool transaction, parents before children (arrival order)."""
+        return [e.tx for e in sorted(self.entries.values(), key=lambda e: e.seq)]
+
+    # --- accepting -----------------------------------------------------------
+
+    def accept(self, tx: Transaction, chain_view: UtxoView, tip_height: int,
+               is_confirmed=lambda txid: False) -> int:
+        """Validate ``tx`` against the chain plus the pool and keep it; return its fee.
+
+        Raises an ``InvalidTx`` subclass for a broken rule, or a
+        ``MempoolReject`` subclass (already known, conflict naming the txid that
+        was first, pool full) for policy.
+        """
+        txid = tx.txid
+        if txid in self.entries:
+            raise TxAlreadyKnown(f"{tx.txid_hex} is already in the mempool", txid=tx.txid_hex)
+        check_transaction(tx, self.params)
+        if tx.is_coinbase:
+            raise E.TxUnexpectedCoinbase("a coinbase is only valid in a block", txid=tx.txid_hex)
+        for txin in tx.inputs:
+            other = self.spends.get(txin.prev)
+            if other is not None:
+                raise TxConflict(f"spends {txin.prev}, already spent by {other[::-1].hex()}",
+                                 txid=tx.txid_hex, conflict=other[::-1].hex())
+        view = MempoolView(self, chain_view, tip_height + 1)
+        try:
+            fee = check_tx_inputs(tx, view, tip_height + 1, self.params)
+        except E.TxMissingInput:
+            if is_confirmed(txid):
+                raise TxAlreadyConfirmed(f"{tx.txid_hex} is already in a block", txid=tx.txid_hex) from None
+            raise
+        if fee < MIN_RELAY_FEE_PER_BYTE * tx.size:
+            raise FeeTooLow(f"fee {fee} below {MIN_RELAY_FEE_PER_BYTE}/byte", txid=tx.txid_hex)
+        entry = MempoolEntry(tx, fee, tx.size, next(self._seq))
+        self._make_room(entry)
+        self._insert(entry)
+        return fee
+
+    def _insert(self, entry: MempoolEntry) -> None:
+        txid = entry.tx.txid
+        for txin in entry.tx.inputs:
+            self.spends[txin.prev] = txid
+            parent = self.entries.get(txin.prev.txid)
+            if parent is not None:
+                entry.parents.add(parent.tx.txid)
+                parent.children.add(txid)
+        self.entries[txid] = entry
+        self.bytes += entry.size
+        self._order = None
+
+    def _make_room(self, newcomer: MempoolEntry) -> None:
+        if newcomer.size > self.max_bytes:
+            raise MempoolFull("transaction larger than the pool", txid=newcomer.tx.txid_hex)
+        while self.bytes + newcomer.size > self.max_bytes:
+            worst = max(self.entries.values(), key=lambda e: e.sort_key)
+            if worst.sort_key < newcomer.sort_key:
+                raise MempoolFull(f"pool full and fee rate {newcomer.fee_rate:.3f}/byte is the lowest",
+                                  txid=newcomer.tx.txid_hex)
+            self.remove(worst.tx.txid, with_descendants=True)
+
+    # --- removing ------------------------------------------------------------
+
+    def remove(self, txid: bytes, *, with_descendants: bool = True) -> list[Transaction]:
+        """Remove a transaction (and, by default, everything spending from it); return what left."""
+        removed = []
+        stack = [txid]
+        while stack:
+            entry = self.entries.pop(stack.pop(), None)
+            if entry is None:
+                continue
+            removed.append(entry.tx)
+            self.bytes -= entry.size
+            for txin in entry.tx.inputs:
+                if self.spends.get(txin.prev) == entry.tx.txid:
+                    del self.spends[txin.prev]
+            for parent in entry.parents:
+                if parent in self.entries:
+                    self.entries[parent].children.discard(entry.tx.txid)
+            if with_descendants:
+                stack.extend(entry.children)
+            else:
+                for child in entry.children:
+                    if child in self.entries:
+                        self.entries[child].parents.discard(entry.tx.txid)
+        self._order = None
+        return removed
+
+    def remove_for_block(self, block: Block) -> list[Transaction]:
+        """Drop a connected block's transactions (kept children become roots) and conflicts with them."""
+        removed = []
+        for tx in block.txs[1:]:
+            if tx.txid in self.entries:
+                removed += self.remove(tx.txid, with_descendants=False)
+            for txin in tx.inputs:
+                other = self.spends.get(txin.prev)
+                if other is not None and other != tx.txid:
+                    removed += self.remove(other, with_descendants=True)
+        return removed
+
+    def update_for_chain(self, connected: Iterable[Block], disconnected: Iterable[Block], chain_view: UtxoView,
+                         tip_height: int) -> list[Transaction]:
+        """Follow the chain after blocks connected and/or disconnected; return transactions dropped.
+
+        After a reorg, the disconnected blocks' transactions and the pool are
+        checked again from scratch against the new tip (a coinbase spend may be
+        immature again, a parent may be gone); whatever is no longer valid is dropped.
+        """
+        connected = list(connected)
+        disconnected = list(disconnected)
+        dropped = []
+        for block in connected:
+            dropped += self.remove_for_block(block)
+        if not disconnected:
+            return dropped
+        in_new_chain = {tx.txid for block in connected for tx in block.txs}
+        returning = [tx for block in reversed(disconnected) for tx in block.txs[1:] if tx.txid not in in_new_chain]
+        waiting = self.txs()
+        self.entries.clear()
+        self.spends.clear()
+        self.bytes = 0
+        self._order = None
+        for tx in returning + waiting:
+            try:
+                self.accept(tx, chain_view, tip_height)
+            except (E.ValidationError, MempoolReject):
+                dropped.append(tx)
+        return dropped
+
+    # --- block templates -----------------------------------------------------
+
+    def _sorted(self) -> list[tuple[tuple[float, int], bytes]]:
+        if self._order is None:
+            self._order = sorted((e.sort_key, txid) for txid, e in self.entries.items())
+        return self._order
+
+    def select_for_block(self, max_bytes: int) -> tuple[list[Transaction], int]:
+        """Transactions for a block of at most ``max_bytes``: best fee rate first, parents first; and their fees."""
+        chosen: list[Transaction] = []
+        chosen_ids: set[bytes] = set()
+        fees = 0
+        room = max_bytes
+        ready: list = []  # heap of children whose parents are all chosen
+        order = iter(self._sorted())
+        upcoming = next(order, None)
+        entries = self.entries
+
+        while room > 0:
+            if ready and (upcoming is None or ready[0] < upcoming):
+                _, txid = heapq.heappop(ready)
+            elif upcoming is not None:
+                _, txid = upcoming
+                upcoming = next(order, None)
+            else:
+                break
+            if txid in chosen_ids:
+                continue
+            entry = entries[txid]
+            if not entry.parents <= chosen_ids or entry.size > room:
+                continue  # a child comes back through ``ready`` once its parents are in
+            chosen.append(entry.tx)
+            chosen_ids.add(txid)
+            fees += entry.fee
+            room -= entry.size
+            for child in entry.children:
+                if entries[child].parents <= chosen_ids:
+                    heapq.heappush(ready, (entries[child].sort_key, child))
+        return chosen, fees
+
+    # --- queries -------------------------------------------------------------
+
+    def spendable_coins(self, pubkey: bytes, chain_coins: list[tuple[OutPoint, Coin]],
+                        tip_height: int) -> list[tuple[OutPoint, Coin]]:
+        """Coins of ``pubkey`` a wallet may spend now: confirmed ones not spent by the pool, plus pool change."""
+        coins = [(op, c) for op, c in chain_coins
+                 if op not in self.spends
+                 and not (c.coinbase and c.height > 0 and tip_height + 1 - c.height < self.params.coinbase_maturity)]
+        for entry in sorted(self.entries.values(), key=lambda e: e.seq):
+            for op, coin in tx_coins(entry.tx, tip_height + 1):
+                if coin.pubkey == pubkey and op not in self.spends:
+                    coins.append((op, Coin(coin.amount, coin.pubkey, coin.height, False)))
+        return coins

@@ -1,0 +1,294 @@
+"""The chain on disk: one SQLite file per node (stdlib ``sqlite3``, WAL).
+
+Tables:
+
+- ``meta``: schema version, network name, genesis hash and the tip;
+- ``blocks``: the block index (hash, parent, height, cumulative work, status,
+  the 80-byte header) with the body and undo data once known;
+- ``active``: height -> hash of the active chain;
+- ``utxo``: the unspent outputs of the active chain (indexed by key for wallets);
+- ``tx_index``: txid -> height of every transaction on the active chain.
+
+Connecting or disconnecting a block is one SQL transaction that moves the tip,
+the UTXO set, the undo data and the indexes together, and the database runs
+with ``synchronous=FULL``: a node killed at any instant (``kill -9``) reopens
+on a block boundary with a UTXO set that matches its tip.
+
+This module stores; it does not judge.  The rules are in ``zcoin.consensus`` and
+the decisions about which chain to follow in ``zcoin.chain``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+
+from zcoin.consensus.params import ChainParams
+from zcoin.consensus.pow import block_work
+from zcoin.consensus.primitives import Block, BlockHeader, OutPoint
+from zcoin.consensus.validation import Coin, UtxoDiff, genesis_diff
+
+SCHEMA_VERSION = 1
+
+# Block status, in the order a block moves through them.
+HEADER_ONLY = 1  # header checked, body not yet received
+HAVE_DATA = 2  # body stored, not (yet) connected or no longer connected
+INVALID = 9  # failed a rule; never connected again
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (
+    hash BLOB PRIMARY KEY,
+    prev_hash BLOB NOT NULL,
+    height INTEGER NOT NULL,
+    chain_work BLOB NOT NULL,
+    status INTEGER NOT NULL,
+    header BLOB NOT NULL,
+    body BLOB,
+    undo BLOB
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS active (height INTEGER PRIMARY KEY, hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS utxo (
+    txid BLOB NOT NULL,
+    idx INTEGER NOT NULL,
+    amount INTEGER NOT NULL,
+    pubkey BLOB NOT NULL,
+    height INTEGER NOT NULL,
+    coinbase INTEGER NOT NULL,
+    PRIMARY KEY (txid, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS utxo_by_pubkey ON utxo (pubkey);
+CREATE TABLE IF NOT EXISTS tx_index (txid BLOB PRIMARY KEY, height INTEGER NOT NULL) WITHOUT ROWID;
+"""
+
+
+class StoreError(Exception):
+    """A store that cannot be opened or used (wrong network, wrong schema, corrupt)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IndexRow:
+    """One row of the block index as stored."""
+
+    hash: bytes
+    prev_hash: bytes
+    height: int
+    chain_work: int
+    status: int
+    header: BlockHeader
+
+
+def _work_bytes(work: int) -> bytes:
+    return work.to_bytes(32, "big")
+
+
+def _pack_diff(diff: UtxoDiff) -> bytes:
+    def rows(items):
+        return [[op.txid, op.index, c.amount, c.pubkey, c.height, c.coinbase] for op, c in items]
+
+    return msgpack.packb([rows(diff.spent), rows(diff.created)], use_bin_type=True)
+
+
+def _unpack_diff(raw: bytes) -> UtxoDiff:
+    spent, created = msgpack.unpackb(raw, raw=False)
+
+    def items(rows):
+        return tuple((OutPoint(t, i), Coin(a, p, h, cb)) for t, i, a, p, h, cb in rows)
+
+    return UtxoDiff(items(spent), items(created))
+
+
+class ChainStore:
+    """A node's SQLite chain file (see the module docstring)."""
+
+    def __init__(self, path: str | Path, params: ChainParams, *, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        self.params = params
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA synchronous={synchronous}")
+            self.db.execute("PRAGMA foreign_keys=OFF")
+            self.db.executescript(_SCHEMA)
+            self._check_or_init_meta()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: not a usable zcoin store ({exc})") from None
+
+    # --- opening -------------------------------------------------------------
+
+    def _meta(self, key: str) -> bytes | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _check_or_init_meta(self) -> None:
+        version = self._meta("schema_version")
+        if version is None:
+            self._init_genesis()
+            return
+        if int(version) != SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: schema version {int(version)}, this zcoin reads {SCHEMA_VERSION}")
+        network = self._meta("network")
+        if network != self.params.name.encode():
+            raise StoreError(f"{self.path}: store of network {network.decode()!r}, "
+                             f"not {self.params.name!r}")
+        if self._meta("genesis") != self.params.genesis_hash:
+            raise StoreError(f"{self.path}: genesis block differs from network {self.params.name!r}")
+
+    def _init_genesis(self) -> None:
+        genesis = self.params.genesis
+        diff = genesis_diff(self.params)
+        with self.transaction():
+            self.db.executemany("INSERT INTO meta VALUES (?, ?)", [
+                ("schema_version", str(SCHEMA_VERSION).encode()),
+                ("network", self.params.name.encode()),
+                ("genesis", genesis.hash),
+                ("tip", genesis.hash),
+            ])
+            self.db.execute("INSERT INTO blocks VALUES (?, ?, 0, ?, ?, ?, ?, ?)", (
+                genesis.hash, genesis.header.prev_hash, _work_bytes(block_work(genesis.header.bits)),
+                HAVE_DATA, genesis.header.serialize(), genesis.raw, _pack_diff(diff)))
+            self._apply_diff(diff, 0, genesis)
+            self.db.execute("INSERT INTO active VALUES (0, ?)", (genesis.hash,))
+
+    def close(self) -> None:
+        """Close the file (a checkpoint folds the WAL back in)."""
+        try:
+            self.db.close()
+        except sqlite3.Error:
+            pass
+
+    def transaction(self):
+        """A context manager running its body as one SQL transaction."""
+        return _Transaction(self.db)
+
+    # --- block index -----------------------------------------------------------
+
+    def load_index(self) -> list[IndexRow]:
+        """Every known block, parents before children."""
+        rows = self.db.execute(
+            "SELECT hash, prev_hash, height, chain_work, status, header FROM blocks ORDER BY height").fetchall()
+        return [IndexRow(h, p, height, int.from_bytes(w, "big"), s, BlockHeader.parse(hdr))
+                for h, p, height, w, s, hdr in rows]
+
+    def put_header(self, header: BlockHeader, height: int, chain_work: int, status: int = HEADER_ONLY) -> None:
+        """Add a header to the index (ignored if known)."""
+        self.db.execute("INSERT OR IGNORE INTO blocks (hash, prev_hash, height, chain_work, status, header) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (header.hash, header.prev_hash, height, _work_bytes(chain_work), status, header.serialize()))
+
+    def put_block(self, block: Block, height: int, chain_work: int) -> None:
+        """Store a block's body (adding its index entry if needed)."""
+        with self.transaction():
+            self.put_header(block.header, height, chain_work, HAVE_DATA)
+            self.db.execute("UPDATE blocks SET body = ?, status = ? WHERE hash = ? AND status != ?",
+                            (block.raw, HAVE_DATA, block.hash, INVALID))
+
+    def set_status(self, block_hash: bytes, status: int) -> None:
+        """Change a block's status (marking it invalid, for one)."""
+        self.db.execute("UPDATE blocks SET status = ? WHERE hash = ?", (status, block_hash))
+
+    def get_block(self, block_hash: bytes) -> Block | None:
+        """The stored block with this hash, or None."""
+        row = self.db.execute("SELECT body FROM blocks WHERE hash = ?", (block_hash,)).fetchone()
+        return Block.parse(row[0]) if row and row[0] is not None else None
+
+    def get_block_raw(self, block_hash: bytes) -> bytes | None:
+        """The stored encoding of the block with this hash, or None."""
+        row = self.db.execute("SELECT body FROM blocks WHERE hash = ?", (block_hash,)).fetchone()
+        return row[0] if row else None
+
+    # --- the active chain --------------------------------------------------------
+
+    def tip_hash(self) -> bytes:
+        """Hash of the last connected block."""
+        return self._meta("tip")
+
+    def hash_at(self, height: int) -> bytes | None:
+        """Hash of the active chain's block at ``height``."""
+        row = self.db.execute("SELECT hash FROM active WHERE height = ?", (height,)).fetchone()
+        return row[0] if row else None
+
+    def connect(self, block: Block, height: int, diff: UtxoDiff) -> None:
+        """Make ``block`` (child of the tip) the new tip, applying ``diff``, in one transaction."""
+        with self.transaction():
+            if self.tip_hash() != block.header.prev_hash:
+                raise StoreError("connect: block does not extend the tip")
+            self.db.execute("UPDATE blocks SET undo = ? WHERE hash = ?", (_pack_diff(diff), block.hash))
+            self._apply_diff(diff, height, block)
+            self.db.execute("INSERT OR REPLACE INTO active VALUES (?, ?)", (height, block.hash))
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'tip'", (block.hash,))
+
+    def disconnect(self, block: Block, height: int) -> UtxoDiff:
+        """Undo the tip ``block`` with its stored undo data, in one transaction; return the diff undone."""
+        with self.transaction():
+            if self.tip_hash() != block.hash:
+                raise StoreError("disconnect: block is not the tip")
+            row = self.db.execute("SELECT undo FROM blocks WHERE hash = ?", (block.hash,)).fetchone()
+            if not row or row[0] is None:
+                raise StoreError(f"disconnect: no undo data for {block.hash_hex}")
+            diff = _unpack_diff(row[0])
+            self.db.executemany("DELETE FROM utxo WHERE txid = ? AND idx = ?",
+                                [(op.txid, op.index) for op, _ in diff.created])
+            self._insert_coins(diff.spent)
+            self.db.executemany("DELETE FROM tx_index WHERE txid = ?", [(tx.txid,) for tx in block.txs])
+            self.db.execute("DELETE FROM active WHERE height = ?", (height,))
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'tip'", (block.header.prev_hash,))
+        return diff
+
+    def _apply_diff(self, diff: UtxoDiff, height: int, block: Block) -> None:
+        self.db.executemany("DELETE FROM utxo WHERE txid = ? AND idx = ?",
+                            [(op.txid, op.index) for op, _ in diff.spent])
+        self._insert_coins(diff.created)
+        self.db.executemany("INSERT OR REPLACE INTO tx_index VALUES (?, ?)", [(tx.txid, height) for tx in block.txs])
+
+    def _insert_coins(self, items) -> None:
+        self.db.executemany("INSERT INTO utxo VALUES (?, ?, ?, ?, ?, ?)",
+                            [(op.txid, op.index, c.amount, c.pubkey, c.height, int(c.coinbase)) for op, c in items])
+
+    # --- queries -------------------------------------------------------------------
+
+    def get_coin(self, outpoint: OutPoint) -> Coin | None:
+        """The unspent output at ``outpoint`` on the active chain (a ``UtxoView``)."""
+        row = self.db.execute("SELECT amount, pubkey, height, coinbase FROM utxo WHERE txid = ? AND idx = ?",
+                              (outpoint.txid, outpoint.index)).fetchone()
+        return Coin(row[0], row[1], row[2], bool(row[3])) if row else None
+
+    def coins_of(self, pubkey: bytes) -> list[tuple[OutPoint, Coin]]:
+        """Unspent outputs paying ``pubkey``, oldest first."""
+        rows = self.db.execute("SELECT txid, idx, amount, height, coinbase FROM utxo WHERE pubkey = ? "
+                               "ORDER BY height, txid, idx", (pubkey,)).fetchall()
+        return [(OutPoint(t, i), Coin(a, pubkey, h, bool(cb))) for t, i, a, h, cb in rows]
+
+    def utxo_snapshot(self) -> dict[OutPoint, Coin]:
+        """The whole UTXO set (for checks and tests)."""
+        rows = self.db.execute("SELECT txid, idx, amount, pubkey, height, coinbase FROM utxo").fetchall()
+        return {OutPoint(t, i): Coin(a, p, h, bool(cb)) for t, i, a, p, h, cb in rows}
+
+    def tx_height(self, txid: bytes) -> int | None:
+        """Height of the active-chain block holding ``txid``, or None."""
+        row = self.db.execute("SELECT height FROM tx_index WHERE txid = ?", (txid,)).fetchone()
+        return row[0] if row else None
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on an exception; nests as a no-op."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.outer = False
+
+    def __enter__(self) -> None:
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.outer = True
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.outer:
+            return
+        if exc_type is None:
+            self.db.execute("COMMIT")
+        else:
+            self.db.execute("ROLLBACK")
