@@ -37,12 +37,13 @@ from zcoin.consensus.validation import (
     median_time_past,
     next_bits,
     reorg_path,
+    retarget_window_start,
 )
 from zcoin.storage import HAVE_DATA, HEADER_ONLY, INVALID, ChainStore
+from zcoin.wire import MAX_HEADERS_PER_REPLY
 
 MAX_ORPHAN_BLOCKS = 256
 MAX_ORPHAN_BYTES = 32 * 1024 * 1024
-MAX_HEADERS_PER_REPLY = 2000  # Bitcoin's cap on one ``headers`` message
 MAX_LOCATOR_HASHES = 64
 
 
@@ -85,9 +86,31 @@ class ChainUpdate:
     invalid: list[tuple[bytes, E.ValidationError]] = field(default_factory=list)
 
     def merge(self, other: ChainUpdate) -> None:
-        self.connected.extend(other.connected)
-        self.disconnected.extend(other.disconnected)
+        """Follow with the changes of ``other`` (a later call), keeping the net effect."""
+        for block in other.disconnected:
+            self.note_disconnected(block)
+        for block in other.connected:
+            self.note_connected(block)
         self.invalid.extend(other.invalid)
+
+    # Net changes from the state before the call: a block connected then disconnected
+    # again (a reorg that failed on an invalid block) is in neither list, so a mempool
+    # following ``connected``/``disconnected`` never drops transactions for a block
+    # that did not stay on the chain.
+
+    def note_connected(self, block: Block) -> None:
+        """Record that ``block`` was connected as the new tip."""
+        if not self.connected and self.disconnected and self.disconnected[-1].hash == block.hash:
+            self.disconnected.pop()  # back on a block of the starting chain
+        else:
+            self.connected.append(block)
+
+    def note_disconnected(self, block: Block) -> None:
+        """Record that the tip ``block`` was disconnected."""
+        if self.connected and self.connected[-1].hash == block.hash:
+            self.connected.pop()  # connected earlier in this call: never happened
+        else:
+            self.disconnected.append(block)
 
     @property
     def reorg_depth(self) -> int:
@@ -149,7 +172,7 @@ class Chain:
     def __init__(self, store: ChainStore, params: ChainParams, *, orphans: OrphanPool | None = None) -> None:
         self.store = store
         self.params = params
-        self.orphans = orphans or OrphanPool()
+        self.orphans = orphans if orphans is not None else OrphanPool()  # an empty pool is falsy
         self._seq = itertools.count()
         self.index: dict[bytes, IndexEntry] = {}
         for row in store.load_index():
@@ -217,10 +240,8 @@ class Chain:
                 break
             entry = self.index[entry.prev_hash]
         height = parent.height + 1
-        interval = self.params.retarget_interval
-        window_first_time = None
-        if interval and height % interval == 0:
-            window_first_time = self.ancestor(parent, height - interval).header.time
+        window_start = retarget_window_start(self.params, height)
+        window_first_time = None if window_start is None else self.ancestor(parent, window_start).header.time
         bits = next_bits(self.params, height, parent.header.bits, parent.header.time, window_first_time)
         return HeaderContext(parent.hash, height, bits, median_time_past(times))
 
@@ -253,8 +274,9 @@ class Chain:
         """Bodies missing on the way to the best known header, oldest first."""
         entry = self.best_header
         missing = []
-        while entry.status == HEADER_ONLY:
-            missing.append(entry.hash)
+        while not self.in_active_chain(entry.hash):  # bodies may have arrived out of order: skip, not stop
+            if entry.status == HEADER_ONLY:
+                missing.append(entry.hash)
             entry = self.index[entry.prev_hash]
         missing.reverse()
         return missing[:limit]
@@ -298,7 +320,13 @@ class Chain:
         descendants among the orphans are dropped with it); invalid orphans met
         on the way are listed in ``update.invalid``.
         """
-        update = self._add_one(block, now)
+        try:
+            update = self._add_one(block, now)
+        except E.InvalidBlock as exc:
+            entry = self.index.get(block.hash)
+            if isinstance(exc, BlockInvalidAncestor) or (entry is not None and entry.status == INVALID):
+                self._drop_orphan_descendants(block.hash)  # not for a mutated body: the real block may come
+            raise
         if update.orphaned or update.known:
             return update
         waiting = self.orphans.take_children(block.hash)
@@ -365,16 +393,25 @@ class Chain:
 
     def _activate_best_chain(self, just_received: Block | None = None) -> ChainUpdate:
         update = ChainUpdate()
-        while (best := self._best_candidate()) is not None:
+        start = self.tip
+        while True:
+            best = self._best_candidate()
+            if best is None:
+                # A reorg that failed on an invalid block may end on a chain with only as
+                # much work as the one we left: ties keep the first seen, so go back.
+                if self.tip.hash == start.hash or self.tip.chain_work != start.chain_work \
+                        or start.status != HAVE_DATA:
+                    break
+                best = start
             disconnect, connect = reorg_path(self.tip, best, self.index.__getitem__)
             for entry in disconnect:
                 block = self.store.get_block(entry.hash)
                 self.store.disconnect(block, entry.height)
                 self.active.pop()
                 self._candidates.add(entry.hash)
-                update.disconnected.append(block)
+                update.note_disconnected(block)
             if disconnect:
-                logger.info("reorg", depth=len(disconnect), fork_height=self.height, to=best.hash_hex)
+                logger.debug("reorg", depth=len(disconnect), fork_height=self.height, to=best.hash_hex)
             for entry in connect:
                 block = just_received if just_received is not None and just_received.hash == entry.hash \
                     else self.store.get_block(entry.hash)
@@ -388,7 +425,7 @@ class Chain:
                 self.store.connect(block, entry.height, diff)
                 self.active.append(entry.hash)
                 self._candidates.discard(entry.hash)
-                update.connected.append(block)
+                update.note_connected(block)
         return update
 
     def _mark_invalid(self, bad: IndexEntry) -> None:

@@ -32,6 +32,376 @@ def cli(ctx: click.Context, log_level: str, log_json: bool) -> None:
     setup_logging(log_level, log_json, component=ctx.invoked_subcommand or "zcoin")
 
 
+@cli.command("tracker")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML file with a [tracker] table (see configs/tracker.toml).")
+@click.option("--bind", metavar="ENDPOINT",
+              help="Endpoint for JOIN/ACK/HEARTBEAT/LEAVE/LIST requests "
+                   "[config: bind; default tcp://127.0.0.1:9000; port * = ephemeral].")
+@click.option("--events", metavar="ENDPOINT",
+              help="PUB endpoint for membership events [config: events; default tcp://127.0.0.1:9001].")
+def tracker_command(config_path: str | None, bind: str | None, events: str | None) -> None:
+    """Run a membership tracker until SIGTERM or SIGINT.
+
+    Miners join through it (JOIN, LIST, ACK), renew a lease by heartbeat and are
+    announced as joined or left on the events endpoint.  The bound endpoints are
+    logged as "tracker listening api=... events=...".
+    """
+    from zcoin.config import ConfigError
+    from zcoin.tracker import TrackerError, load_tracker_settings, run_tracker
+
+    try:
+        run_tracker(load_tracker_settings(config_path, bind=bind, events=events))
+    except (ConfigError, TrackerError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command("peers")
+@click.option("--tracker", "trackers", metavar="ENDPOINT", multiple=True, default=("tcp://127.0.0.1:9000",),
+              show_default=True, help="Tracker to ask; repeat to merge the lists of several trackers.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of a table.")
+@click.option("--timeout", "timeout_s", metavar="S", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, help="Seconds to wait for an answer before giving up.")
+def peers_command(trackers: tuple[str, ...], as_json: bool, timeout_s: float) -> None:
+    """List the tracker's members with their endpoints and last heartbeat age."""
+    import json
+
+    from zcoin.tracker import TrackerUnavailable, format_members, members_as_json, request_members
+
+    try:
+        members = request_members(list(trackers), timeout_s=timeout_s)
+    except TrackerUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(members_as_json(members)) if as_json else format_members(members))
+
+
+# --- miners and the clients that talk to them --------------------------------------
+
+MINER_CONFIG_SPEC = {
+    "name": (str, None),
+    "network": (str, "local"),
+    "trackers": (list, ["tcp://127.0.0.1:9000"]),
+    "data_dir": (str, None),
+    "api": (str, "tcp://127.0.0.1:*"),
+    "gossip": (str, "tcp://127.0.0.1:*"),
+    "workers": (int, None),
+    "mine": (bool, True),
+    "wallet": (str, None),
+    "join_deadline_s": ((int, float), 30.0),
+    "heartbeat_s": ((int, float), 2.0),
+}
+
+
+def _fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+def _params(name: str):
+    from zcoin.consensus.params import network
+
+    try:
+        return network(name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--network") from None
+
+
+@cli.command("miner")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML file with a [miner] table (see configs/miner1.toml).")
+@click.option("--name", help="Node id, unique in the cluster [config: name; default miner-<random>].")
+@click.option("--network", help="local, test or regtest [config: network; default local].")
+@click.option("--tracker", "trackers", metavar="ENDPOINT", multiple=True,
+              help="Tracker to join; repeat for several [config: trackers].")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Where the chain and keys live "
+              "[config: data_dir; default run/<name>].")
+@click.option("--api", metavar="ENDPOINT", help="ROUTER endpoint for peers and clients [port * = ephemeral].")
+@click.option("--gossip", metavar="ENDPOINT", help="PUB endpoint for tx/block announcements.")
+@click.option("--workers", type=click.IntRange(min=1), help="Mining worker processes [default: cores].")
+@click.option("--no-mine", is_flag=True, help="Relay and validate only; start no mining pool.")
+@click.option("--wallet", "wallet_path", type=click.Path(dir_okay=False),
+              help="Wallet whose key the coinbase pays [default: a key made in the data dir].")
+def miner_command(config_path, name, network, trackers, data_dir, api, gossip, workers, no_mine, wallet_path):
+    """Run a miner (full node) until SIGTERM or SIGINT.
+
+    It joins the trackers, connects to every other miner, syncs the chain and
+    the mempool, then mines.  The bound endpoints are logged and written to
+    <data-dir>/node.json.
+
+    \b
+    Example:
+      zcoin miner --name miner1 --tracker tcp://127.0.0.1:9000 --api tcp://127.0.0.1:9101
+    """
+    import secrets
+    import signal
+    from pathlib import Path
+
+    from zcoin.config import ConfigError, load_section
+    from zcoin.node import Node, NodeConfig
+    from zcoin.storage import StoreError
+    from zcoin.wallet import WalletError, load_wallet, new_wallet, save_wallet
+
+    try:
+        cfg = load_section(config_path, "miner", MINER_CONFIG_SPEC)
+    except ConfigError as exc:
+        _fail(str(exc))
+    name = name or cfg["name"] or f"miner-{secrets.token_hex(3)}"
+    params = _params(network or cfg["network"])
+    tracker_list = tuple(trackers) or tuple(cfg["trackers"])
+    if not all(isinstance(t, str) for t in tracker_list):
+        _fail(f"{config_path}: miner.trackers must be a list of endpoint strings")
+    data = Path(data_dir or cfg["data_dir"] or Path("run") / name)
+    wallet_file = wallet_path or cfg["wallet"]
+    payout = None
+    mine = cfg["mine"] and not no_mine
+    try:
+        if mine:
+            if wallet_file is None:
+                data.mkdir(parents=True, exist_ok=True)
+                wallet_file = data / "miner-wallet.json"
+                if not wallet_file.exists():
+                    save_wallet(new_wallet(params), wallet_file)
+            payout = load_wallet(wallet_file).pubkey
+        node = Node(NodeConfig(
+            name=name, params=params, data_dir=data, api=api or cfg["api"], gossip=gossip or cfg["gossip"],
+            trackers=tracker_list, mine=mine, workers=workers or cfg["workers"], payout=payout,
+            join_deadline_s=float(cfg["join_deadline_s"]), heartbeat_s=float(cfg["heartbeat_s"])))
+        node.start()
+    except (WalletError, StoreError) as exc:
+        _fail(str(exc))
+    except Exception as exc:  # zmq bind failures and the like: one line, not a traceback
+        import zmq
+
+        if isinstance(exc, zmq.ZMQError):
+            _fail(f"cannot open sockets: {exc}")
+        raise
+    signal.signal(signal.SIGTERM, lambda *_: node.stop())
+    signal.signal(signal.SIGINT, lambda *_: node.stop())
+    node.run()
+
+
+def _client(endpoint: str, timeout_s: float):
+    from zcoin.client import NodeClient
+
+    return NodeClient(endpoint, timeout_s=timeout_s)
+
+
+def _ask(endpoint: str, timeout_s: float, msg_type: str, **fields):
+    from zcoin.client import NodeError, NodeUnavailable
+
+    with _client(endpoint, timeout_s) as client:
+        try:
+            return client.request(msg_type, **fields)
+        except NodeUnavailable as exc:
+            _fail(f"node unreachable: {exc}")
+        except NodeError as exc:
+            _fail(f"node refused the request: {exc}")
+
+
+NODE_OPTION = click.option("--node", "node", metavar="ENDPOINT", default="tcp://127.0.0.1:9101", show_default=True,
+                           help="A miner's api endpoint.")
+TIMEOUT_OPTION = click.option("--timeout", "timeout_s", metavar="S", default=5.0, show_default=True,
+                              type=click.FloatRange(min=0, min_open=True), help="Seconds to wait for the node.")
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+
+
+@cli.command("status")
+@NODE_OPTION
+@JSON_OPTION
+@TIMEOUT_OPTION
+def status_command(node: str, as_json: bool, timeout_s: float) -> None:
+    """Show a miner's height, tip, work, peers, mempool size and hash rate.
+
+    \b
+    Example:
+      zcoin status --node tcp://127.0.0.1:9101 --json
+    """
+    import json
+
+    status = _ask(node, timeout_s, "status").fields
+    if as_json:
+        click.echo(json.dumps(status))
+        return
+    click.echo(f"node      {status['node']} ({status['network']}){'' if status['synced'] else '  [syncing]'}")
+    click.echo(f"height    {status['height']}")
+    click.echo(f"tip       {status['tip']}")
+    click.echo(f"work      {status['work']}")
+    click.echo(f"peers     {status['peers']}")
+    click.echo(f"mempool   {status['mempool']}")
+    click.echo(f"hashrate  {status['hashrate']:.0f} H/s" + ("" if status["mining"] else " (not mining)"))
+
+
+@cli.group("wallet")
+def wallet_group() -> None:
+    """Make wallets, show their address and balance."""
+
+
+WALLET_OPTION = click.option("--wallet", "wallet_path", required=True, type=click.Path(dir_okay=False),
+                             help="Wallet file (JSON, mode 0600).")
+
+
+def _load_wallet(path: str):
+    from zcoin.wallet import WalletError, load_wallet
+
+    try:
+        wallet = load_wallet(path)
+        return wallet, _params(wallet.network)
+    except WalletError as exc:
+        _fail(str(exc))
+
+
+@wallet_group.command("new")
+@WALLET_OPTION
+@click.option("--dev", "dev_index", type=click.IntRange(min=0), help="Write development account N instead of a new key.")
+@click.option("--network", default="local", show_default=True, help="Network the wallet is for.")
+@click.option("--force", is_flag=True, help="Replace an existing wallet file (its key is lost).")
+def wallet_new_command(wallet_path: str, dev_index: int | None, network: str, force: bool) -> None:
+    """Create a wallet file with a new key (or a premined development account).
+
+    \b
+    Example:
+      zcoin wallet new --wallet alice.json --dev 0
+    """
+    from zcoin.wallet import WalletError, new_wallet, save_wallet
+
+    params = _params(network)
+    try:
+        wallet = new_wallet(params, dev_index)
+        save_wallet(wallet, wallet_path, force=force)
+    except WalletError as exc:
+        _fail(str(exc))
+    click.echo(f"wrote {wallet_path}; address {wallet.address(params)}")
+
+
+@wallet_group.command("address")
+@WALLET_OPTION
+@JSON_OPTION
+def wallet_address_command(wallet_path: str, as_json: bool) -> None:
+    """Print the wallet's address (the last word of the line)."""
+    import json
+
+    wallet, params = _load_wallet(wallet_path)
+    address = wallet.address(params)
+    click.echo(json.dumps({"address": address, "network": params.name}) if as_json else f"address {address}")
+
+
+def _wallet_coins(wallet, node: str, timeout_s: float, params):
+    status = _ask(node, timeout_s, "status")
+    if status["network"] != params.name:
+        _fail(f"the node is on network {status['network']!r}, the wallet on {params.name!r}")
+    return _ask(node, timeout_s, "get_utxos", pubkey=wallet.pubkey)
+
+
+@wallet_group.command("balance")
+@WALLET_OPTION
+@NODE_OPTION
+@JSON_OPTION
+@TIMEOUT_OPTION
+def wallet_balance_command(wallet_path: str, node: str, as_json: bool, timeout_s: float) -> None:
+    """Ask a node for the wallet's balance: confirmed, pending (mempool) and spendable.
+
+    \b
+    Example:
+      zcoin wallet balance --wallet alice.json --node tcp://127.0.0.1:9101
+    """
+    import json
+
+    wallet, params = _load_wallet(wallet_path)
+    reply = _wallet_coins(wallet, node, timeout_s, params)
+    confirmed = sum(c["amount"] for c in reply["coins"] if c["confirmed"])
+    pending = sum(c["amount"] for c in reply["coins"] if not c["confirmed"])
+    result = {"address": wallet.address(params), "confirmed": confirmed, "pending": pending,
+              "spendable": confirmed + pending, "coins": len(reply["coins"]), "height": reply["height"]}
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"address    {result['address']}\nconfirmed  {confirmed}\npending    {pending}\n"
+                   f"spendable  {confirmed + pending}  ({result['coins']} coins at height {reply['height']})")
+
+
+@cli.command("send")
+@NODE_OPTION
+@WALLET_OPTION
+@click.option("--to", "to_address", required=True, help="Recipient address.")
+@click.option("--amount", required=True, type=click.IntRange(min=1), help="Amount in base units.")
+@click.option("--fee", type=click.IntRange(min=0), help="Fee in base units [default: fee rate x size].")
+@click.option("--fee-rate", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Base units per byte when --fee is not given.")
+@JSON_OPTION
+@TIMEOUT_OPTION
+def send_command(node, wallet_path, to_address, amount, fee, fee_rate, as_json, timeout_s) -> None:
+    """Pay AMOUNT base units to an address: select coins, add change, sign, push to the node.
+
+    \b
+    Example:
+      zcoin send --node tcp://127.0.0.1:9101 --wallet alice.json --to zcl1... --amount 5000
+    """
+    import json
+
+    from zcoin.consensus.primitives import OutPoint
+    from zcoin.wallet import WalletError, build_payment, decode_address
+
+    wallet, params = _load_wallet(wallet_path)
+    try:
+        to_pubkey = decode_address(to_address, params)
+    except WalletError as exc:
+        _fail(str(exc))
+    reply = _wallet_coins(wallet, node, timeout_s, params)
+    coins = [(OutPoint(c["txid"], c["index"]), c["amount"]) for c in reply["coins"]]
+    try:
+        tx = build_payment(wallet, coins, to_pubkey, amount, fee=fee, fee_per_byte=fee_rate)
+    except WalletError as exc:
+        _fail(str(exc))
+    result = _ask(node, timeout_s, "push_tx", tx=tx.raw)
+    if not result["accepted"]:
+        _fail(f"transaction rejected: {result.get('reason', 'no reason given')}")
+    if as_json:
+        click.echo(json.dumps({"txid": result["txid"], "amount": amount, "to": to_address,
+                               "fee": _fee_of(tx, coins), "size": tx.size}))
+    else:
+        click.echo(f"sent {amount} to {to_address}; txid {result['txid']}")
+
+
+def _fee_of(tx, coins) -> int:
+    spent = {op for op in (i.prev for i in tx.inputs)}
+    return sum(value for op, value in coins if op in spent) - sum(o.amount for o in tx.outputs)
+
+
+@cli.command("bench")
+@click.argument("what", type=click.Choice(["hash", "verify", "header"]))
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes for `hash` [default: cores].")
+@click.option("--seconds", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="How long each figure is measured.")
+@JSON_OPTION
+def bench_command(what: str, workers: int | None, seconds: float, as_json: bool) -> None:
+    """Measure a speed next to its baseline in the same run.
+
+    \b
+    hash    mining pool hashes/s vs a plain hashlib midstate loop
+    verify  transaction validation vs raw coincurve Schnorr verifies
+    header  consensus header hashing vs a plain hashlib loop
+    """
+    import json
+    import os
+
+    if what == "hash":
+        from zcoin.mining import bench_hash
+
+        result = bench_hash(workers or os.cpu_count() or 1, seconds)
+    elif what == "verify":
+        from zcoin.bench import bench_verify
+
+        result = bench_verify(seconds)
+    else:
+        from zcoin.bench import bench_header_hash
+
+        result = bench_header_hash(seconds)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        for key, value in result.items():
+            click.echo(f"{key:32} {value}")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(obj={})

@@ -2,7 +2,8 @@
 
 Library code logs through ``from loguru import logger`` with structured fields
 (``logger.bind(node=...)`` or keyword arguments); only entry points call
-:func:`setup_logging`.
+:func:`setup_logging`.  Lines read ``time level component message key=value ...``,
+or are one JSON object each with ``--log-json``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,16 @@ import sys
 
 from loguru import logger
 
-LOG_FORMAT = (
-    "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
-    "<cyan>{extra[component]}</cyan> {message} <dim>{extra}</dim>"
-)
+_TEMPLATE = ("<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> <cyan>{extra[component]}</cyan> "
+             "{message}<dim>{extra[_fields]}</dim>\n{exception}")
+
+
+def _format(record) -> str:
+    extra = record["extra"]
+    fields = " ".join(f"{key}={value}" for key, value in extra.items() if not key.startswith("_") and key != "component")
+    extra["_fields"] = f" {fields}" if fields else ""
+    extra.setdefault("component", "zcoin")
+    return _TEMPLATE
 
 
 def setup_logging(level: str = "INFO", json: bool = False, component: str = "zcoin") -> None:
@@ -24,4 +31,4 @@ def setup_logging(level: str = "INFO", json: bool = False, component: str = "zco
     if json:
         logger.add(sys.stderr, level=level.upper(), serialize=True)
     else:
-        logger.add(sys.stderr, level=level.upper(), format=LOG_FORMAT, colorize=None)
+        logger.add(sys.stderr, level=level.upper(), format=_format, colorize=None)

@@ -18,10 +18,12 @@ Policy, as a user of a Bitcoin node expects it:
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from zcoin.consensus import errors as E
 from zcoin.consensus.params import ChainParams
@@ -30,6 +32,10 @@ from zcoin.consensus.validation import Coin, UtxoView, check_transaction, check_
 
 DEFAULT_MAX_MEMPOOL_BYTES = 64 * 1024 * 1024
 MIN_RELAY_FEE_PER_BYTE = 0  # a local network lets free transactions through
+# Bitcoin's miner gives up filling a block after this many transactions in a row did
+# not fit while it was this close to full (it would otherwise scan the whole pool).
+MAX_CONSECUTIVE_FAILURES = 1000
+NEARLY_FULL_BYTES = 1000
 
 
 class MempoolReject(ValueError):
@@ -78,6 +84,10 @@ class MempoolEntry:
     seq: int
     parents: set[bytes] = field(default_factory=set)  # in-pool txids it spends from
     children: set[bytes] = field(default_factory=set)
+    neg_fee_rate: float = field(init=False, repr=False, compare=False)  # template sort key, computed once
+
+    def __post_init__(self) -> None:
+        self.neg_fee_rate = -self.fee / self.size
 
     @property
     def fee_rate(self) -> float:
@@ -121,7 +131,12 @@ class Mempool:
         self.spends: dict[OutPoint, bytes] = {}  # outpoint -> txid of the pool tx spending it
         self.bytes = 0
         self._seq = itertools.count()
-        self._order: list[tuple[tuple[float, int], bytes]] | None = None  # cached best-first order
+        # Template order, kept across calls: entries best first, inserted ones merged in
+        # lazily (``_pending``), removed ones skipped until they are half of it.
+        self._order: list[MempoolEntry] | None = None
+        self._pending: list[MempoolEntry] = []
+        self._stale = 0
+        self._min_size = float("inf")  # smallest entry since the pool was last emptied (a lower bound)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -180,19 +195,38 @@ class Mempool:
             if parent is not None:
                 entry.parents.add(parent.tx.txid)
                 parent.children.add(txid)
-        self.entries[txid] = entry
+        self.entries[txid] = entry  # arrival order: equal fee rates stay first come, first served
         self.bytes += entry.size
-        self._order = None
+        self._min_size = min(self._min_size, entry.size)
+        if self._order is not None:
+            self._pending.append(entry)
 
     def _make_room(self, newcomer: MempoolEntry) -> None:
         if newcomer.size > self.max_bytes:
             raise MempoolFull("transaction larger than the pool", txid=newcomer.tx.txid_hex)
+        ancestors = None
         while self.bytes + newcomer.size > self.max_bytes:
             worst = max(self.entries.values(), key=lambda e: e.sort_key)
             if worst.sort_key < newcomer.sort_key:
                 raise MempoolFull(f"pool full and fee rate {newcomer.fee_rate:.3f}/byte is the lowest",
                                   txid=newcomer.tx.txid_hex)
+            if ancestors is None:
+                ancestors = self._ancestors(newcomer.tx)
+            if worst.tx.txid in ancestors:  # evicting it would leave the newcomer spending nothing
+                raise MempoolFull(f"pool full and its lowest fee rate is an ancestor, {worst.tx.txid_hex}",
+                                  txid=newcomer.tx.txid_hex, ancestor=worst.tx.txid_hex)
             self.remove(worst.tx.txid, with_descendants=True)
+
+    def _ancestors(self, tx: Transaction) -> set[bytes]:
+        """Txids of the pool transactions ``tx`` spends from, directly or not."""
+        found: set[bytes] = set()
+        stack = [txin.prev.txid for txin in tx.inputs if txin.prev.txid in self.entries]
+        while stack:
+            txid = stack.pop()
+            if txid not in found:
+                found.add(txid)
+                stack.extend(self.entries[txid].parents)
+        return found
 
     # --- removing ------------------------------------------------------------
 
@@ -218,7 +252,9 @@ class Mempool:
                 for child in entry.children:
                     if child in self.entries:
                         self.entries[child].parents.discard(entry.tx.txid)
-        self._order = None
+        self._stale += len(removed)
+        if self._order is not None and self._stale > len(self._order) // 2:
+            self._order = None
         return removed
 
     def remove_for_block(self, block: Block) -> list[Transaction]:
@@ -255,6 +291,7 @@ class Mempool:
         self.spends.clear()
         self.bytes = 0
         self._order = None
+        self._min_size = float("inf")
         for tx in returning + waiting:
             try:
                 self.accept(tx, chain_view, tip_height)
@@ -264,9 +301,16 @@ class Mempool:
 
     # --- block templates -----------------------------------------------------
 
-    def _sorted(self) -> list[tuple[tuple[float, int], bytes]]:
-        if self._order is None:
-            self._order = sorted((e.sort_key, txid) for txid, e in self.entries.items())
+    def _sorted(self) -> list[MempoolEntry]:
+        """Entries best first (highest fee rate, then arrival); removed ones may linger: skip them."""
+        if self._order is None or len(self._pending) > max(64, len(self._order) // 200):
+            # A stable sort of the arrival-ordered entries: the fee rate alone is the key.
+            self._order = sorted(self.entries.values(), key=_rate_key)
+            self._stale = 0
+        else:
+            for entry in self._pending:  # the newest arrival goes after equal rates
+                bisect.insort_right(self._order, entry, key=_rate_key)
+        self._pending = []
         return self._order
 
     def select_for_block(self, max_bytes: int) -> tuple[list[Transaction], int]:
@@ -275,24 +319,36 @@ class Mempool:
         chosen_ids: set[bytes] = set()
         fees = 0
         room = max_bytes
-        ready: list = []  # heap of children whose parents are all chosen
-        order = iter(self._sorted())
-        upcoming = next(order, None)
+        ready: list = []  # heap of (sort_key, txid): children whose parents are all chosen
         entries = self.entries
+        order = self._sorted()
+        position, end = 0, len(order)
+        failures = 0
 
-        while room > 0:
-            if ready and (upcoming is None or ready[0] < upcoming):
-                _, txid = heapq.heappop(ready)
+        while room >= self._min_size:
+            upcoming = None
+            while position < end:
+                candidate = order[position]
+                if entries.get(candidate.tx.txid) is candidate and candidate.tx.txid not in chosen_ids:
+                    upcoming = candidate
+                    break
+                position += 1
+            if ready and (upcoming is None or ready[0][0] < upcoming.sort_key):
+                entry = entries[heapq.heappop(ready)[1]]
             elif upcoming is not None:
-                _, txid = upcoming
-                upcoming = next(order, None)
+                entry = upcoming
+                position += 1
             else:
                 break
-            if txid in chosen_ids:
-                continue
-            entry = entries[txid]
-            if not entry.parents <= chosen_ids or entry.size > room:
+            txid = entry.tx.txid
+            if txid in chosen_ids or not entry.parents <= chosen_ids:
                 continue  # a child comes back through ``ready`` once its parents are in
+            if entry.size > room:
+                failures += 1
+                if failures > MAX_CONSECUTIVE_FAILURES and room < NEARLY_FULL_BYTES:
+                    break
+                continue
+            failures = 0
             chosen.append(entry.tx)
             chosen_ids.add(txid)
             fees += entry.fee
@@ -315,3 +371,6 @@ class Mempool:
                 if coin.pubkey == pubkey and op not in self.spends:
                     coins.append((op, Coin(coin.amount, coin.pubkey, coin.height, False)))
         return coins
+
+
+_rate_key = attrgetter("neg_fee_rate")  # highest fee rate first (C-level: the sort of 100k entries is hot)

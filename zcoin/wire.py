@@ -245,3 +245,46 @@ def decode(frame: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
 
 # Replies shared by every service.
 register("error", reason=Str(64), detail=Opt(Str(1024)))
+
+# --- the miners' protocol: api requests and replies, gossip announcements --------------
+# (The tracker's messages are declared in zcoin.tracker, next to both of its ends.)
+
+MAX_HEADERS_PER_REPLY = 2000  # Bitcoin's cap on one ``headers`` message
+MAX_BLOCKS_PER_REQUEST = 16
+MAX_TXS_PER_REQUEST = 500
+MAX_MEMPOOL_IDS = 50_000
+
+
+HASH = Bytes(size=32)
+register("status")
+register("status_reply", node=Str(64), network=Str(32), height=Int(), tip=Str(64), work=Str(80),
+              peers=Int(), mempool=Int(), hashrate=Float(), synced=Bool(), mining=Bool(),
+              best_header=Int(), orphans=Int(), api=Str(256), gossip=Str(256),
+              peer_list=List(Map({"node": Str(64), "height": Int(lo=-1), "score": Int(lo=-10**9, hi=10**9),
+                                  "banned": Bool()}), max_len=10_000))
+register("push_tx", tx=Bytes(1_000_000))
+register("tx_result", accepted=Bool(), txid=Str(64), reason=Opt(Str(512)), code=Opt(Str(64)))
+register("get_tip")
+register("tip", node=Str(64), height=Int(), hash=HASH, work=Bytes(size=32))
+register("get_headers", locator=List(HASH, max_len=64))
+register("headers", headers=List(Bytes(size=80), max_len=MAX_HEADERS_PER_REPLY))
+register("get_blocks", hashes=List(HASH, max_len=MAX_BLOCKS_PER_REQUEST))
+register("blocks", blocks=List(Bytes(), max_len=MAX_BLOCKS_PER_REQUEST))
+register("get_block", hash=Opt(HASH), height=Opt(Int()))
+register("block", block=Opt(Bytes()), height=Opt(Int()))
+register("get_mempool")
+register("mempool", txids=List(HASH, max_len=MAX_MEMPOOL_IDS))
+register("get_txs", txids=List(HASH, max_len=MAX_TXS_PER_REQUEST))
+register("txs", txs=List(Bytes(), max_len=MAX_TXS_PER_REQUEST))
+register("get_utxos", pubkey=Bytes(size=32))
+register("utxos", height=Int(), coins=List(Map({"txid": HASH, "index": Int(), "amount": Int(),
+                                                     "height": Int(), "confirmed": Bool()}), max_len=100_000))
+register("submit_block", block=Bytes())
+register("block_result", accepted=Bool(), hash=Str(64), height=Opt(Int()), reason=Opt(Str(512)),
+              code=Opt(Str(64)))
+register("get_tx", txid=HASH)
+register("tx_status", state=Str(16), height=Opt(Int()))
+register("admin", action=Str(32), peer=Str(64))
+register("ok", detail=Opt(Str(256)))
+register("gossip_tx", seq=Int(), tx=Bytes(1_000_000))
+register("gossip_block", seq=Int(), block=Bytes())

@@ -20,7 +20,8 @@ def decode_compact(bits: int) -> tuple[int, bool, bool]:
     exponent = bits >> 24
     mantissa = bits & 0x007FFFFF
     if exponent <= 3:
-        target = mantissa >> (8 * (3 - exponent))
+        mantissa >>= 8 * (3 - exponent)  # as SetCompact: the sign test below sees the shifted word
+        target = mantissa
     else:
         target = mantissa << (8 * (exponent - 3))
     negative = mantissa != 0 and bool(bits & 0x00800000)

@@ -227,17 +227,29 @@ def median_time_past(times: Iterable[int]) -> int:
     return median_low(sorted(times))
 
 
+def retarget_window_start(params: ChainParams, height: int) -> int | None:
+    """Height of the block whose time opens the window that sets the bits at ``height``, if it retargets.
+
+    As in Bitcoin that is block ``height - interval``, except that the first
+    window opens at block 1: a genesis block's time is fixed when the network is
+    defined, possibly years before anyone mines, and measuring from it would make
+    the first retarget a maximal (and wrong) drop in difficulty.
+    """
+    interval = params.retarget_interval
+    if interval == 0 or height == 0 or height % interval:
+        return None
+    return max(height - interval, 1)
+
+
 def next_bits(params: ChainParams, height: int, prev_bits: int, prev_time: int,
               window_first_time: int | None) -> int:
     """The bits a block at ``height`` must carry.
 
-    At a window boundary (``height`` a multiple of the retarget interval)
-    ``window_first_time`` must be the time of block ``height - interval``; the
-    window from it to the previous block sets the new difficulty.  Elsewhere the
-    previous bits carry on.
+    At a retarget height ``window_first_time`` must be the time of block
+    :func:`retarget_window_start`; the window from it to the previous block sets
+    the new difficulty.  Elsewhere the previous bits carry on.
     """
-    interval = params.retarget_interval
-    if interval == 0 or height % interval or height == 0:
+    if retarget_window_start(params, height) is None:
         return prev_bits
     if window_first_time is None:
         raise ValueError("window_first_time is needed at a retarget height")

@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Benchmark the durable chain and the mempool, and print one JSON object.
+
+- ``replay``: N blocks of signed 1-input 2-output transactions are built once,
+  then connected into a fresh SQLite store through ``Chain.add_block`` (every
+  rule checked, every block two SQL transactions); blocks/s and tx/s are
+  reported next to the raw libsecp256k1 BIP340 verify rate (coincurve, keys
+  pre-parsed) of the same transactions' signatures, measured in the same run,
+  with the ratio tx/s / verifies/s (1.0 would mean storage and every other rule
+  cost nothing next to the signature).  Run with ``synchronous=FULL`` (the
+  node's setting: one fsync per commit) and ``NORMAL`` (WAL without fsync on
+  commit) to show what durability costs.
+- ``template``: ``Mempool.select_for_block`` over a 100k-transaction pool, the
+  first call (cold: the fee-rate order is built) and a warm call, next to
+  baselines of the same run: sorting 100k (fee rate, seq) keys and one bare
+  Python pass over the entries.  The pool is filled through ``Mempool._insert``
+  with pre-built entries: ``accept`` would verify 100k signatures first.
+
+Usage::
+
+    .venv/bin/python bench/bench_chain.py [--blocks N] [--txs-per-block K] [--pool N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+import coincurve
+
+from zcoin.chain import Chain
+from zcoin.consensus.builders import new_template, sign_transaction, solve
+from zcoin.consensus.params import REGTEST, ChainParams, dev_secret_key
+from zcoin.consensus.primitives import Block, OutPoint, Transaction, TxIn, TxOut, sighash
+from zcoin.consensus.validation import median_time_past
+from zcoin.mempool import Mempool, MempoolEntry
+from zcoin.storage import ChainStore
+
+TEMPLATE_GOAL_MS = 50.0
+FEE = 1_000
+
+
+def build_blocks(params: ChainParams, blocks: int, txs_per_block: int) -> tuple[list[Block], list[tuple]]:
+    """``blocks`` valid regtest blocks of ``txs_per_block`` transfers each, and each signature's verify inputs."""
+    coins = deque()  # (outpoint, amount, account, pubkey), oldest first
+    for account in range(params.dev_accounts):
+        coins.append((OutPoint(params.genesis.txs[0].txid, account), params.dev_account_amount, account,
+                      params.dev_pubkey(account)))
+    keys = [dev_secret_key(i) for i in range(params.dev_accounts)]
+    chain = [params.genesis]
+    verifies = []
+    for height in range(1, blocks + 1):
+        txs = []
+        for _ in range(txs_per_block):
+            outpoint, amount, account, pubkey = coins.popleft()
+            half = (amount - FEE) // 2
+            tx = sign_transaction([(outpoint, keys[account])],
+                                  [TxOut(half, pubkey), TxOut(amount - FEE - half, pubkey)], aux32=bytes(32))
+            txs.append(tx)
+            verifies.append((coincurve.PublicKeyXOnly(pubkey), tx.inputs[0].signature,
+                             sighash(tx.sighash_digest(), 0)))
+            coins.extend((OutPoint(tx.txid, i), out.amount, account, pubkey) for i, out in enumerate(tx.outputs))
+        parent = chain[-1]
+        mtp = median_time_past(b.header.time for b in chain[-params.median_time_span:])
+        template = new_template(params, parent.hash, height, params.genesis_bits,
+                                max(mtp + 1, parent.header.time + 1), params.dev_pubkey(9), txs, FEE * len(txs))
+        chain.append(solve(template, max_tries=1 << 16))
+    return chain[1:], verifies
+
+
+def bench_replay(params: ChainParams, blocks: list[Block], synchronous: str) -> dict:
+    """Connect ``blocks`` into a fresh store through ``Chain.add_block``."""
+    now = blocks[-1].header.time + 60
+    with tempfile.TemporaryDirectory() as directory:
+        store = ChainStore(Path(directory) / "chain.sqlite", params, synchronous=synchronous)
+        chain = Chain(store, params)
+        start = time.perf_counter()
+        for block in blocks:
+            chain.add_block(block, now)
+        elapsed = time.perf_counter() - start
+        assert chain.height == len(blocks)
+        store.close()
+    txs = sum(len(b.txs) - 1 for b in blocks)
+    return {"synchronous": synchronous, "seconds": round(elapsed, 3),
+            "blocks_per_second": round(len(blocks) / elapsed, 1), "tx_per_second": round(txs / elapsed, 1)}
+
+
+def verify_rate(verifies: list[tuple], rounds: int = 2) -> float:
+    """Raw coincurve BIP340 verifies per second over ``verifies`` (best of ``rounds``)."""
+    best = 0.0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for key, signature, message in verifies:
+            if not key.verify(signature, message):
+                raise RuntimeError("benchmark signature does not verify")
+        best = max(best, len(verifies) / (time.perf_counter() - start))
+    return best
+
+
+def _transfer(rng: random.Random, prev: OutPoint, pubkey: bytes) -> Transaction:
+    amount = rng.randrange(10**6, 10**12)
+    signature = bytes(range(64))  # never checked: ``_insert`` trusts its caller
+    return Transaction(1, (TxIn(prev, signature),), (TxOut(amount // 2, pubkey), TxOut(amount - amount // 2, pubkey)))
+
+
+def add_entries(pool: Mempool, count: int, rng: random.Random, parents: list[Transaction]) -> None:
+    """Insert ``count`` transfers (about 10% spending an earlier pool transaction) without verifying them."""
+    pubkey = REGTEST.dev_pubkey(0)
+    for _ in range(count):
+        parent = None
+        while parents and rng.random() < 0.1:
+            candidate = parents.pop(rng.randrange(len(parents)))
+            if candidate.txid in pool.entries:
+                parent = candidate
+                break
+        prev = OutPoint(parent.txid, rng.randrange(2)) if parent else OutPoint(rng.randbytes(32), rng.randrange(4))
+        if prev in pool.spends:
+            prev = OutPoint(rng.randbytes(32), 0)
+        tx = _transfer(rng, prev, pubkey)
+        pool._insert(MempoolEntry(tx, rng.randrange(100, 100_000), tx.size, next(pool._seq)))
+        parents.append(tx)
+
+
+def bench_template(params: ChainParams, pool_size: int, repeats: int = 5, arrivals: int = 200) -> dict:
+    """``select_for_block`` on a ``pool_size`` pool, in milliseconds.
+
+    ``cold``: the order is built from scratch (first call); ``warm``: called again
+    unchanged; ``after_block``: after the chosen transactions left (a block
+    connected) and ``arrivals`` new ones came in, the usual case for a miner.
+    """
+    rng = random.Random(1)
+    pool = Mempool(params, max_bytes=1 << 40)
+    parents: list[Transaction] = []
+    add_entries(pool, pool_size, rng, parents)
+    max_bytes = params.max_block_bytes - 1_000
+    cold, warm, after_block, selected = [], [], [], []
+    for _ in range(repeats):
+        pool._order = None  # the cache as a fresh pool has it
+        start = time.perf_counter()
+        chosen, _ = pool.select_for_block(max_bytes)
+        cold.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        again, _ = pool.select_for_block(max_bytes)
+        warm.append(time.perf_counter() - start)
+        assert again == chosen
+        for tx in chosen:
+            pool.remove(tx.txid, with_descendants=False)
+        add_entries(pool, arrivals, rng, parents)
+        start = time.perf_counter()
+        chosen, _ = pool.select_for_block(max_bytes)
+        after_block.append(time.perf_counter() - start)
+        selected.append(len(chosen))
+        add_entries(pool, pool_size - len(pool), rng, parents)  # back to the full size
+    entries = list(pool.entries.values())
+    keys = [(e.fee / e.size, e.seq) for e in entries]
+    sort_times, scan_times = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sorted(keys)
+        sort_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        total = 0
+        for entry in entries:
+            total += entry.size
+        scan_times.append(time.perf_counter() - start)
+    cold_ms, warm_ms, after_ms = (statistics.median(t) * 1000 for t in (cold, warm, after_block))
+    sort_ms = statistics.median(sort_times) * 1000
+    scan_ms = statistics.median(scan_times) * 1000
+    return {
+        "pool_transactions": len(pool),
+        "pool_children": sum(1 for e in entries if e.parents),
+        "filled_via": "Mempool._insert of pre-built MempoolEntry objects (signatures not verified); "
+                      "accept() would verify 100k signatures",
+        "max_bytes": max_bytes,
+        "selected_transactions": statistics.median(selected),
+        "cold_ms": round(cold_ms, 2),
+        "warm_ms": round(warm_ms, 2),
+        "after_block_ms": round(after_ms, 2),
+        "after_block_arrivals": arrivals,
+        "goal_ms": TEMPLATE_GOAL_MS,
+        "baseline_sort_100k_keys_ms": round(sort_ms, 2),
+        "baseline_scan_100k_entries_ms": round(scan_ms, 2),
+        "cold_ratio_to_sort": round(cold_ms / sort_ms, 2),
+        "warm_ratio_to_scan": round(warm_ms / scan_ms, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=300)
+    parser.add_argument("--txs-per-block", type=int, default=8)
+    parser.add_argument("--pool", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    params = REGTEST
+
+    start = time.perf_counter()
+    blocks, verifies = build_blocks(params, args.blocks, args.txs_per_block)
+    build_s = time.perf_counter() - start
+    replays = []
+    for mode in ("FULL", "NORMAL"):
+        # The baseline right before and after each run, so that a machine busy with
+        # something else for a while weighs on both figures alike.
+        before = verify_rate(verifies)
+        replay = bench_replay(params, blocks, mode)
+        verifies_per_second = (before + verify_rate(verifies)) / 2
+        replay["baseline_verifies_per_second"] = round(verifies_per_second, 1)
+        replay["ratio_tx_to_verifies"] = round(replay["tx_per_second"] / verifies_per_second, 3)
+        replays.append(replay)
+    results = {
+        "replay": {
+            "blocks": len(blocks),
+            "transactions": sum(len(b.txs) - 1 for b in blocks),
+            "txs_per_block": args.txs_per_block,
+            "build_seconds": round(build_s, 3),
+            "runs": replays,
+        },
+        "template": bench_template(params, args.pool),
+        "python": platform.python_version(),
+    }
+    json.dump(results, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""The SQLite chain store: reopening, refusing foreign files, atomic connects, and kill -9."""
+
+from __future__ import annotations
+
+import queue
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from chainutil import (
+    NOW,
+    PARAMS,
+    Builder,
+    active_hashes,
+    add_all,
+    assert_store_consistent,
+    dev_outpoint,
+    open_chain,
+    premine_spend,
+    replay_active_chain,
+    spend_output,
+)
+from zcoin.chain import Chain
+from zcoin.consensus.params import LOCAL
+from zcoin.consensus.pow import block_work
+from zcoin.consensus.validation import Coin, UtxoDiff, connect_block
+from zcoin.storage import ChainStore, StoreError
+
+CRASH_WRITER = Path(__file__).with_name("crash_writer.py")
+CRASH_KILLS = 20
+CHILD_START_DEADLINE_S = 15.0
+
+
+def _chain_with_transactions(blocks: int = 6) -> Builder:
+    """A regtest chain whose blocks carry spends of the premine and of earlier outputs."""
+    builder = Builder()
+    previous = None
+    for height in range(1, blocks + 1):
+        txs = [premine_spend(height % 8)]
+        if previous is not None:
+            txs.append(spend_output(previous, 0, (height - 1) % 8, outputs=2))
+        builder.mine(txs)
+        previous = txs[0]
+    return builder
+
+
+# --- reopening ------------------------------------------------------------------------
+
+
+def test_reopened_store_has_the_same_tip_utxo_set_and_index(tmp_path):
+    path = tmp_path / "chain.sqlite"
+    builder = _chain_with_transactions()
+    store, chain = open_chain(path)
+    add_all(chain, builder.blocks)
+    tip, height, utxo = store.tip_hash(), chain.height, store.utxo_snapshot()
+    index = {row.hash: (row.height, row.chain_work, row.status) for row in store.load_index()}
+    store.close()
+
+    store, chain = open_chain(path)
+    assert store.tip_hash() == tip == builder.tip.hash
+    assert chain.height == height == builder.height
+    assert store.utxo_snapshot() == utxo == builder.coins()
+    assert {row.hash: (row.height, row.chain_work, row.status) for row in store.load_index()} == index
+    assert chain.tip.chain_work == index[tip][1]
+    spent_premine = dev_outpoint(1)
+    assert store.get_coin(spent_premine) is None
+    assert store.get_block(builder.blocks[3].hash) == builder.blocks[3]
+    assert store.tx_height(builder.blocks[3].txs[1].txid) == 3
+    assert_store_consistent(store)
+    store.close()
+
+
+def test_new_store_starts_at_genesis_with_the_premine(tmp_path):
+    store, chain = open_chain(tmp_path / "chain.sqlite")
+    assert chain.height == 0
+    assert store.tip_hash() == PARAMS.genesis_hash
+    premine = store.utxo_snapshot()
+    assert len(premine) == PARAMS.dev_accounts
+    assert store.coins_of(PARAMS.dev_pubkey(2)) == [(dev_outpoint(2), Coin(PARAMS.dev_account_amount,
+                                                                           PARAMS.dev_pubkey(2), 0, True))]
+    store.close()
+
+
+def test_store_of_another_network_is_refused(tmp_path):
+    path = tmp_path / "chain.sqlite"
+    ChainStore(path, PARAMS).close()
+    with pytest.raises(StoreError, match=r"network 'regtest', not 'local'"):
+        ChainStore(path, LOCAL)
+    store = ChainStore(path, PARAMS)  # the refusal did not damage the file
+    assert store.tip_hash() == PARAMS.genesis_hash
+    store.close()
+
+
+def test_garbage_file_is_refused(tmp_path):
+    path = tmp_path / "chain.sqlite"
+    path.write_bytes(random.Random(7).randbytes(8192))
+    with pytest.raises(StoreError, match="not a usable zcoin store"):
+        ChainStore(path, PARAMS)
+
+
+def test_store_of_another_schema_version_is_refused(tmp_path):
+    path = tmp_path / "chain.sqlite"
+    ChainStore(path, PARAMS).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (b"99",))
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="schema version 99"):
+        ChainStore(path, PARAMS)
+
+
+# --- connect and disconnect are atomic ------------------------------------------------
+
+
+def test_disconnect_restores_the_utxo_set_exactly(tmp_path):
+    builder = _chain_with_transactions(3)
+    store, chain = open_chain(tmp_path / "chain.sqlite")
+    add_all(chain, builder.blocks[:3])
+    before = store.utxo_snapshot()
+    block = builder.blocks[3]
+    chain.add_block(block, NOW)
+    assert store.utxo_snapshot() != before
+
+    diff = store.disconnect(block, 3)
+    assert store.utxo_snapshot() == before
+    assert store.tip_hash() == builder.blocks[2].hash
+    assert store.hash_at(3) is None
+    assert all(store.tx_height(tx.txid) is None for tx in block.txs)
+    assert diff == builder.diffs[3]
+    store.close()
+
+
+def test_connect_of_a_block_not_on_the_tip_changes_nothing(tmp_path):
+    builder = _chain_with_transactions(2)
+    store, chain = open_chain(tmp_path / "chain.sqlite")
+    add_all(chain, builder.blocks[:2])
+    before = store.utxo_snapshot()
+    with pytest.raises(StoreError, match="does not extend the tip"):
+        store.connect(builder.blocks[1], 1, builder.diffs[1])
+    with pytest.raises(StoreError, match="not the tip"):
+        store.disconnect(builder.blocks[0], 0)
+    assert store.tip_hash() == builder.blocks[1].hash
+    assert store.utxo_snapshot() == before
+    store.close()
+
+
+def test_failed_connect_rolls_back_every_table(tmp_path):
+    builder = _chain_with_transactions(2)
+    store, chain = open_chain(tmp_path / "chain.sqlite")
+    add_all(chain, builder.blocks[:2])
+    block = builder.blocks[2]
+    store.put_block(block, 2, chain.tip.chain_work + 1)
+    good = connect_block(block, 2, store, PARAMS)
+    existing = next(iter(store.utxo_snapshot().items()))
+    # The spends are applied first; the duplicate created coin then violates the primary key.
+    broken = UtxoDiff(good.spent, good.created + (existing,))
+    before = store.utxo_snapshot()
+
+    with pytest.raises(sqlite3.IntegrityError):
+        store.connect(block, 2, broken)
+    assert store.utxo_snapshot() == before
+    assert store.tip_hash() == builder.blocks[1].hash
+    assert store.hash_at(2) is None
+    assert store.db.execute("SELECT undo FROM blocks WHERE hash = ?", (block.hash,)).fetchone()[0] is None
+
+    store.connect(block, 2, good)  # the store is still usable
+    assert_store_consistent(store)
+    store.close()
+
+
+def test_restart_finishes_a_reorg_cut_short_by_a_crash(tmp_path):
+    path = tmp_path / "chain.sqlite"
+    main = _chain_with_transactions(4)
+    side = main.fork(1, b"side")
+    side.mine([premine_spend(7)])
+    side.mine_empty(3)  # height 5: more work than the main tip at 4
+    store, chain = open_chain(path)
+    add_all(chain, main.blocks)
+    add_all(chain, side.blocks[:5])  # up to equal work: stored, not connected
+    assert chain.tip.hash == main.tip.hash
+    # What the chain manager had done when the process died: the better block stored,
+    # the main branch disconnected down to the fork, nothing of the side connected yet.
+    store.put_block(side.tip, 5, chain.index[side.blocks[4].hash].chain_work + block_work(side.tip.header.bits))
+    for height in range(4, 1, -1):
+        store.disconnect(main.blocks[height], height)
+    store.close()
+
+    store, chain = open_chain(path)
+    assert chain.tip.hash == side.tip.hash
+    assert store.utxo_snapshot() == side.coins()
+    assert_store_consistent(store)
+    store.close()
+
+
+# --- kill -9 --------------------------------------------------------------------------
+
+
+class _Child:
+    """The crash writer as a process, its output lines collected by a thread (so waits have deadlines)."""
+
+    def __init__(self, path: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(CRASH_WRITER), str(path)], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)  # end of output
+
+    def wait_for_line(self, prefix: str, deadline_s: float) -> str:
+        """The first output line starting with ``prefix``; fail at the deadline or if the child ends first."""
+        deadline = time.monotonic() + deadline_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
+                raise AssertionError(f"child exited {self.proc.wait()}: {self.proc.stderr.read()}")
+            if line.startswith(prefix):
+                return line
+        raise AssertionError(f"child did not print {prefix!r} within {deadline_s} s")
+
+    def kill(self) -> list[str]:
+        """SIGKILL the child; return the output lines not read yet."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.reader.join(timeout=10)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        rest = []
+        while (line := self.lines.get_nowait()) is not None:
+            rest.append(line)
+        return rest
+
+
+def test_store_survives_sigkill_at_random_moments(tmp_path):
+    path = tmp_path / "chain.sqlite"
+    rng = random.Random(20251125)
+    heights = [0]
+    for kill in range(1, CRASH_KILLS + 1):
+        child = _Child(path)
+        try:
+            started = int(child.wait_for_line("started ", CHILD_START_DEADLINE_S).split()[1])
+            time.sleep(rng.uniform(0.0, 0.15))  # the random moment of the kill is the point of the test
+        finally:
+            rest = child.kill()
+        assert child.proc.returncode == -signal.SIGKILL
+        assert started >= heights[-1]
+        acknowledged = max((int(line.split()[1]) for line in rest if line.startswith("connected ")),
+                           default=started)
+
+        store = ChainStore(path, PARAMS)
+        hashes, utxo = replay_active_chain(store)
+        height = len(hashes) - 1
+        assert store.tip_hash() == hashes[-1]
+        assert store.utxo_snapshot() == utxo.coins, f"UTXO set differs from the replay after kill {kill}"
+        assert height >= acknowledged, "an acknowledged block was lost"
+        assert height >= heights[-1], "the tip went backwards across a kill"
+        chain = Chain(store, PARAMS)  # the chain manager loads it (and may connect a stored block)
+        assert chain.height >= height
+        heights.append(chain.height)
+        store.close()
+
+    assert heights[-1] > heights[1], f"the child made no progress across {CRASH_KILLS} kills: {heights}"
+    store = ChainStore(path, PARAMS)
+    assert_store_consistent(store)
+    assert len(active_hashes(store)) == heights[-1] + 1
+    store.close()
