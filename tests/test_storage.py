@@ -158,7 +158,8 @@ def test_failed_connect_rolls_back_every_table(tmp_path):
     block = builder.blocks[2]
     store.put_block(block, 2, chain.tip.chain_work + 1)
     good = connect_block(block, 2, store, PARAMS)
-    existing = next(iter(store.utxo_snapshot().items()))
+    spent = {op for op, _ in good.spent}
+    existing = next(item for item in store.utxo_snapshot().items() if item[0] not in spent)
     # The spends are applied first; the duplicate created coin then violates the primary key.
     broken = UtxoDiff(good.spent, good.created + (existing,))
     before = store.utxo_snapshot()
