@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from statistics import median_low
 from typing import Protocol
 
 from zcoin.consensus import errors as E
@@ -160,8 +159,8 @@ def check_tx_inputs(tx: Transaction, view: UtxoView, spend_height: int, params: 
     coinbase (the genesis premine is mature at once), and carry a valid BIP340
     signature by the coin's key; the inputs must cover the outputs.
     """
-    digest = tx.sighash_digest()
     total_in = 0
+    coins = []
     for index, txin in enumerate(tx.inputs):
         coin = view.get_coin(txin.prev)
         if coin is None:
@@ -174,12 +173,16 @@ def check_tx_inputs(tx: Transaction, view: UtxoView, spend_height: int, params: 
         total_in += coin.amount
         if not 0 <= total_in <= MAX_MONEY:
             raise E.TxInputValueOutOfRange(f"inputs total {total_in}", txid=tx.txid_hex)
-        if len(txin.signature) != SIGNATURE_BYTES or not schnorr_verify(
-                sighash(digest, index), coin.pubkey, txin.signature):
-            raise E.TxBadSignature(f"input {index}", txid=tx.txid_hex, index=index)
+        coins.append(coin)
     total_out = sum(o.amount for o in tx.outputs)
     if total_in < total_out:
         raise E.TxInputsBelowOutputs(f"in {total_in} < out {total_out}", txid=tx.txid_hex)
+    # Signatures last: they cost far more than every other check together.
+    digest = tx.sighash_digest()
+    for index, (txin, coin) in enumerate(zip(tx.inputs, coins)):
+        if len(txin.signature) != SIGNATURE_BYTES or not schnorr_verify(
+                sighash(digest, index), coin.pubkey, txin.signature):
+            raise E.TxBadSignature(f"input {index}", txid=tx.txid_hex, index=index)
     return total_in - total_out
 
 
@@ -223,8 +226,9 @@ class HeaderContext:
 
 
 def median_time_past(times: Iterable[int]) -> int:
-    """Median of the given block times (the last 11 in Bitcoin), the lower one on a tie."""
-    return median_low(sorted(times))
+    """Median of the given block times (the last 11), as Bitcoin: the upper middle of an even count."""
+    ordered = sorted(times)
+    return ordered[len(ordered) // 2]
 
 
 def retarget_window_start(params: ChainParams, height: int) -> int | None:
