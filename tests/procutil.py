@@ -1,0 +1,140 @@
+"""Real processes for cluster tests, started through the ``zcoin`` CLI like a user would.
+
+:class:`ZcoinProcess` runs one command (``python -m zcoin.cli ...``) with its
+log in a file, can wait for a log line, stop it with SIGTERM, kill it with
+SIGKILL and restart it with the same arguments.  :class:`ProcessGroup` cleans
+up every process it started, even when a test fails, and prints the logs of
+the processes of a failed test so the cause can be read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from nodeutil import wait_until
+
+CLI = [sys.executable, "-m", "zcoin.cli"]
+
+
+class ZcoinProcess:
+    """One zcoin daemon or command running as a child process."""
+
+    def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
+        self.name = name
+        self.args = list(args)
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> ZcoinProcess:
+        self.starts += 1
+        log = self.log_path.open("a")
+        log.write(f"--- start {self.starts}: zcoin {' '.join(self.args)}\n")
+        log.flush()
+        self.proc = subprocess.Popen([*CLI, "--log-level", "DEBUG", *self.args], stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, pattern: str, timeout: float = 20.0) -> re.Match:
+        """The first match of ``pattern`` in the log of the current run."""
+        regex = re.compile(pattern)
+
+        def found():
+            if not self.running():
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            text = self.log().rsplit(f"--- start {self.starts}:", 1)[-1]
+            return regex.search(text)
+
+        return wait_until(found, timeout, f"{self.name} to log {pattern!r}")
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        if self.running():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"{self.name} did not exit within {timeout}s of SIGTERM") from None
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up."""
+        if self.running():
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait()
+
+
+class ProcessGroup:
+    """Every process a test starts; all are stopped at the end, logs shown on failure."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.procs: dict[str, ZcoinProcess] = {}
+
+    def start(self, name: str, *args: str) -> ZcoinProcess:
+        proc = ZcoinProcess(name, list(args), self.tmp_path)
+        self.procs[name] = proc
+        return proc.start()
+
+    def start_tracker(self, name: str = "tracker", *extra: str) -> tuple[ZcoinProcess, str]:
+        proc = self.start(name, "tracker", "--bind", "tcp://127.0.0.1:*", "--events", "tcp://127.0.0.1:*", *extra)
+        match = proc.wait_for_log(r"tracker listening.*?api=(tcp://127\.0\.0\.1:\d+)")
+        return proc, match.group(1)
+
+    def start_miner(self, name: str, trackers: list[str], *extra: str, network: str = "local",
+                    mine: bool = True) -> tuple[ZcoinProcess, str]:
+        data_dir = self.tmp_path / name
+        args = ["miner", "--name", name, "--network", network, "--data-dir", str(data_dir),
+                "--api", "tcp://127.0.0.1:*", "--gossip", "tcp://127.0.0.1:*", "--workers", "1", *extra]
+        for tracker in trackers:
+            args += ["--tracker", tracker]
+        if not mine:
+            args.append("--no-mine")
+        proc = self.start(name, *args)
+        proc.wait_for_log(r"node started")
+        return proc, json.loads((data_dir / "node.json").read_text())["api"]
+
+    def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
+        """Run a client command to completion."""
+        return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+
+    def close(self, show_logs: bool) -> None:
+        for proc in self.procs.values():
+            proc.kill()
+        if show_logs:
+            for proc in self.procs.values():
+                sys.stderr.write(f"\n===== log of {proc.name} =====\n{proc.log()[-6000:]}\n")
+
+
+def wait_for_all(predicate, timeout: float, what: str, interval: float = 0.2):
+    """``wait_until`` for slower, process-level conditions."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

@@ -1,0 +1,109 @@
+"""The cluster as a user runs it: a tracker and miners as real processes started through the CLI.
+
+These start the same commands as the ``Procfile`` (with ephemeral loopback ports
+and temporary data dirs), mine real blocks on the ``local`` network with the
+worker pool, and use ``zcoin status``, ``zcoin wallet`` and ``zcoin send`` as a
+user would.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from procutil import ProcessGroup, wait_for_all
+
+
+@pytest.fixture
+def procs(tmp_path, request):
+    group = ProcessGroup(tmp_path)
+    try:
+        yield group
+    finally:
+        report = getattr(request.node, "rep_call", None)
+        group.close(show_logs=report is not None and report.failed)
+
+
+def status(procs: ProcessGroup, api: str) -> dict:
+    result = procs.cli("status", "--node", api, "--json", "--timeout", "5")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def same_tip(procs: ProcessGroup, apis: list[str], min_height: int = 1):
+    tips = [status(procs, api) for api in apis]
+    if len({t["tip"] for t in tips}) == 1 and tips[0]["height"] >= min_height:
+        return tips[0]
+    return None
+
+
+def test_miners_mine_relay_and_agree_then_send_moves_coins_and_sigterm_exits_cleanly(procs, tmp_path):
+    _, tracker = procs.start_tracker()
+    apis = [procs.start_miner(f"miner{i}", [tracker])[1] for i in range(1, 4)]
+    tip = wait_for_all(lambda: same_tip(procs, apis, min_height=2), 90, "three miners on one tip, height >= 2")
+    assert all(status(procs, api)["peers"] == 2 for api in apis)
+    assert any(status(procs, api)["hashrate"] > 0 for api in apis)
+
+    alice, bob = tmp_path / "alice.json", tmp_path / "bob.json"
+    made = procs.cli("wallet", "new", "--wallet", str(alice), "--dev", "0")
+    assert made.returncode == 0, made.stderr
+    assert procs.cli("wallet", "new", "--wallet", str(bob)).returncode == 0
+    bob_address = procs.cli("wallet", "address", "--wallet", str(bob)).stdout.split()[-1]
+    sent = procs.cli("send", "--node", apis[0], "--wallet", str(alice), "--to", bob_address, "--amount", "123456",
+                     "--json")
+    assert sent.returncode == 0, sent.stderr
+    txid = json.loads(sent.stdout)["txid"]
+    assert re.fullmatch(r"[0-9a-f]{64}", txid)
+
+    def bob_balance(api: str) -> dict:
+        result = procs.cli("wallet", "balance", "--wallet", str(bob), "--node", api, "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    # Seen on another miner (relayed to its mempool, or already in a block), then confirmed everywhere.
+    wait_for_all(lambda: bob_balance(apis[2])["spendable"] == 123456, 30, "payment seen by miner3")
+    wait_for_all(lambda: all(bob_balance(api)["confirmed"] == 123456 for api in apis), 90, "payment confirmed")
+    assert status(procs, apis[0])["height"] > tip["height"]
+
+    # SIGTERM: each miner leaves, closes its store and exits 0 within 5 s.
+    for i in range(1, 4):
+        assert procs.procs[f"miner{i}"].terminate(timeout=5) == 0
+
+
+def test_late_miner_syncs_then_mines_on_the_same_chain(procs):
+    _, tracker = procs.start_tracker()
+    first = procs.start_miner("miner1", [tracker])[1]
+    wait_for_all(lambda: status(procs, first)["height"] >= 3, 90, "miner1 at height 3")
+    late = procs.start_miner("miner2", [tracker])[1]
+    wait_for_all(lambda: same_tip(procs, [first, late], min_height=3), 60, "late miner synced")
+    procs.procs["miner2"].wait_for_log(r"synced")
+    # Its own blocks extend the shared chain: the found block is connected by miner1 too.
+    found = procs.procs["miner2"].wait_for_log(r"block found .*?height=(\d+) block=([0-9a-f]{64})", timeout=120)
+
+    def miner1_has_block():
+        result = procs.cli("status", "--node", first, "--json")
+        return json.loads(result.stdout)["height"] >= int(found.group(1))
+
+    wait_for_all(miner1_has_block, 60, "miner1 past the late miner's block")
+    assert same_tip(procs, [first, late], min_height=int(found.group(1))) or wait_for_all(
+        lambda: same_tip(procs, [first, late], min_height=int(found.group(1))), 60, "one tip again")
+
+
+def test_client_errors_are_one_line_with_exit_status_1(procs, tmp_path):
+    unreachable = procs.cli("status", "--node", "tcp://127.0.0.1:1", "--timeout", "0.5")
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.strip().count("\n") == 0 and "unreachable" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
+    wallet = tmp_path / "w.json"
+    assert procs.cli("wallet", "new", "--wallet", str(wallet), "--dev", "1").returncode == 0
+    address = procs.cli("wallet", "address", "--wallet", str(wallet)).stdout.split()[-1]
+    typo = address[:-3] + ("q" if address[-3] != "q" else "p") + address[-2:]
+    bad = procs.cli("send", "--node", "tcp://127.0.0.1:1", "--wallet", str(wallet), "--to", typo, "--amount", "5")
+    assert bad.returncode == 1 and "checksum" in bad.stderr and "Traceback" not in bad.stderr
+    again = procs.cli("wallet", "new", "--wallet", str(wallet))
+    assert again.returncode == 1 and "--force" in again.stderr
+    usage = procs.cli("send", "--wallet", str(wallet))
+    assert usage.returncode == 2
+    assert (wallet.stat().st_mode & 0o777) == 0o600
