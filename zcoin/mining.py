@@ -79,8 +79,7 @@ CHECK_INTERVAL_HASHES = 2048  # ~2 ms per worker at ~1 MH/s: bounds the cancella
 MAX_MESSAGES_PER_POLL = 10_000  # keeps one poll_results() call short even if workers flood
 MAX_SEEN_RESULTS = 65_536  # duplicate filter per job (a restarted worker redoes its slice)
 WORKER_RESTART_BACKOFF_S = 1.0  # a worker slot restarts at most once a second (no crash loop storm)
-STOP_GRACE_S = 1.0  # workers asked to stop get this long before SIGTERM
-TERMINATE_TIMEOUT_S = 1.0  # then this long before SIGKILL
+STOP_GRACE_S = 1.0  # workers asked to stop get this long before SIGKILL
 HASHRATE_WINDOW_S = 5.0  # hash rates average over about this long
 HASHRATE_SAMPLE_S = 0.25  # counters are sampled at most this often by maintain()
 START_METHOD = "spawn"  # no state of the parent (ZeroMQ contexts!) reaches a worker
@@ -236,7 +235,10 @@ def block_from_found(template: BlockTemplate, found: Found) -> Block:
 def _worker_main(slot: int, size: int, generation: Any, hashes: Any, jobs: Connection, results: Connection,
                  check_interval: int, nice: int) -> None:
     """A worker: take the newest job from ``jobs``, search it, report to ``results``, until told to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C hits the whole process group; the parent stops us
+    # Ctrl-C (SIGINT) and process managers such as honcho (SIGTERM) signal the whole
+    # process group; the parent stops its workers itself (and SIGKILLs stragglers).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if nice:
         os.nice(nice)
     parent_pid = os.getppid()
@@ -364,7 +366,7 @@ class MiningPool:
         logger.info("mining pool started", workers=self.size, start_method=START_METHOD)
 
     def stop(self) -> None:
-        """Stop every worker (ask, then SIGTERM, then SIGKILL), reap them and close the pipes; idempotent."""
+        """Stop every worker (ask, then SIGKILL after a grace period), reap them and close the pipes; idempotent."""
         if self._stopped:
             return
         self._stopped = True
@@ -384,12 +386,8 @@ class MiningPool:
                 self._drain()
             for worker in live:
                 if worker.process.is_alive():
-                    worker.process.terminate()
-            for worker in live:
-                worker.process.join(TERMINATE_TIMEOUT_S)
-                if worker.process.is_alive():
-                    worker.process.kill()
-                    worker.process.join()
+                    worker.process.kill()  # workers ignore SIGTERM (see _worker_main)
+                worker.process.join()
                 self._retire(worker)
         self._workers = [None] * self.size
         self._results.close()
