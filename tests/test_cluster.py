@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from procutil import ProcessGroup, wait_for_all
+
+LOADTEST = Path(__file__).resolve().parents[1] / "bin" / "loadtest"
 
 
 @pytest.fixture
@@ -45,6 +50,14 @@ def test_miners_mine_relay_and_agree_then_send_moves_coins_and_sigterm_exits_cle
     tip = wait_for_all(lambda: same_tip(procs, apis, min_height=2), 90, "three miners on one tip, height >= 2")
     assert all(status(procs, api)["peers"] == 2 for api in apis)
     assert any(status(procs, api)["hashrate"] > 0 for api in apis)
+    assert all(len(status(procs, api)["worker_hashrates"]) == 1 for api in apis)
+    # A block found by one miner restarts the others' search on top of it.
+    found = procs.procs["miner1"].wait_for_log(r"block found .*?height=(\d+) block=([0-9a-f]{64})", timeout=90)
+    height, block = int(found.group(1)), found.group(2)
+    for other in ("miner2", "miner3"):
+        procs.procs[other].wait_for_log(rf"block connected .*?height={height} block={block}", timeout=30)
+        procs.procs[other].wait_for_log(rf"block connected .*?height={height} block={block}[^\n]*\n"
+                                        rf"(?:.*\n)*?.*mining job .*?height={height + 1}", timeout=30)
 
     alice, bob = tmp_path / "alice.json", tmp_path / "bob.json"
     made = procs.cli("wallet", "new", "--wallet", str(alice), "--dev", "0")
@@ -66,6 +79,21 @@ def test_miners_mine_relay_and_agree_then_send_moves_coins_and_sigterm_exits_cle
     wait_for_all(lambda: bob_balance(apis[2])["spendable"] == 123456, 30, "payment seen by miner3")
     wait_for_all(lambda: all(bob_balance(api)["confirmed"] == 123456 for api in apis), 90, "payment confirmed")
     assert status(procs, apis[0])["height"] > tip["height"]
+
+    # The load tester pushes from development accounts to two miners; its summary adds up.
+    load = subprocess.run([sys.executable, str(LOADTEST), "--node", apis[0], "--node", apis[1], "--rate", "100",
+                           "--seconds", "2", "--accounts", "5,6", "--outputs", "200", "--confirm-timeout", "60",
+                           "--json"], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert load.returncode == 0, load.stderr
+    summary = json.loads(load.stdout)
+    assert summary["sent"] > 0 and summary["accepted"] > 0
+    assert summary["sent"] == summary["accepted"] + summary["rejected"] + summary["unanswered"]
+    assert summary["confirmed"] + summary["unconfirmed"] == summary["accepted"]
+    assert summary["confirmed"] > 0 and summary["accept_latency"]["count"] == summary["accepted"]
+
+    # Spending more than the wallet holds: one line, exit status 1.
+    broke = procs.cli("send", "--node", apis[0], "--wallet", str(bob), "--to", bob_address, "--amount", "10000000")
+    assert broke.returncode == 1 and "insufficient funds" in broke.stderr and "Traceback" not in broke.stderr
 
     # SIGTERM: each miner leaves, closes its store and exits 0 within 5 s.
     for i in range(1, 4):

@@ -227,7 +227,9 @@ def status_command(node: str, as_json: bool, timeout_s: float) -> None:
     click.echo(f"work      {status['work']}")
     click.echo(f"peers     {status['peers']}")
     click.echo(f"mempool   {status['mempool']}")
-    click.echo(f"hashrate  {status['hashrate']:.0f} H/s" + ("" if status["mining"] else " (not mining)"))
+    workers = ", ".join(f"{rate:.0f}" for rate in status["worker_hashrates"])
+    click.echo(f"hashrate  {status['hashrate']:.0f} H/s" + (f" (workers: {workers})" if status["mining"]
+                                                           else " (not mining)"))
 
 
 @cli.group("wallet")

@@ -509,6 +509,9 @@ class Node:
                 return
         if last is not None and last.height > peer.height:
             peer.height, peer.tip_hash = last.height, last.hash
+        if raw_headers:
+            self.log.info("sync progress", peer=peer.name, headers=len(raw_headers), height=self.chain.height,
+                          best_header=self.chain.best_header.height)
         if len(raw_headers) == MAX_HEADERS_PER_REPLY and last is not None:
             peer.fetching_headers = True
             self._request(peer, "get_headers", locator=[last.hash] + self.chain.locator()[:63])
@@ -739,11 +742,12 @@ class Node:
     def status(self) -> dict:
         """What ``zcoin status`` shows."""
         tip = self.chain.tip
-        rates = self.pool.hashrates() if self.pool is not None else {"total": 0.0}
+        rates = self.pool.hashrates() if self.pool is not None else {"total": 0.0, "workers": []}
         return {
             "node": self.name, "network": self.params.name, "height": tip.height, "tip": tip.hash_hex,
             "work": hex(tip.chain_work), "peers": len(self.peers), "mempool": len(self.mempool),
-            "hashrate": float(rates.get("total", 0.0)), "synced": self.synced, "mining": self.pool is not None,
+            "hashrate": float(rates["total"]), "worker_hashrates": [float(r) for r in rates["workers"]],
+            "synced": self.synced, "mining": self.pool is not None,
             "best_header": self.chain.best_header.height, "orphans": len(self.chain.orphans),
             "api": self.api_endpoint, "gossip": self.gossip_endpoint,
             "peer_list": [{"node": p.name, "height": p.height, "score": p.score, "banned": self._banned(p)}

@@ -258,7 +258,8 @@ MAX_MEMPOOL_IDS = 50_000
 HASH = Bytes(size=32)
 register("status")
 register("status_reply", node=Str(64), network=Str(32), height=Int(), tip=Str(64), work=Str(80),
-              peers=Int(), mempool=Int(), hashrate=Float(), synced=Bool(), mining=Bool(),
+              peers=Int(), mempool=Int(), hashrate=Float(), worker_hashrates=List(Float(), max_len=1024),
+              synced=Bool(), mining=Bool(),
               best_header=Int(), orphans=Int(), api=Str(256), gossip=Str(256),
               peer_list=List(Map({"node": Str(64), "height": Int(lo=-1), "score": Int(lo=-10**9, hi=10**9),
                                   "banned": Bool()}), max_len=10_000))
