@@ -61,6 +61,7 @@ class Node:
                 else:
                     assert self.store.get_coin(txin.prev) is not None, f"{entry.tx.txid_hex} spends a missing coin"
         assert pool.bytes == sum(e.size for e in pool.entries.values())
+        assert pool.fees == sum(e.fee for e in pool.entries.values())
         assert set(pool.spends) == spent
 
     def close(self) -> None:

@@ -130,6 +130,7 @@ class Mempool:
         self.entries: dict[bytes, MempoolEntry] = {}
         self.spends: dict[OutPoint, bytes] = {}  # outpoint -> txid of the pool tx spending it
         self.bytes = 0
+        self.fees = 0  # sum of every pool transaction's fee (what a template could collect)
         self._seq = itertools.count()
         # Template order, kept across calls: entries best first, inserted ones merged in
         # lazily (``_pending``), removed ones skipped until they are half of it.
@@ -197,6 +198,7 @@ class Mempool:
                 parent.children.add(txid)
         self.entries[txid] = entry  # arrival order: equal fee rates stay first come, first served
         self.bytes += entry.size
+        self.fees += entry.fee
         self._min_size = min(self._min_size, entry.size)
         if self._order is not None:
             self._pending.append(entry)
@@ -240,6 +242,7 @@ class Mempool:
                 continue
             removed.append(entry.tx)
             self.bytes -= entry.size
+            self.fees -= entry.fee
             for txin in entry.tx.inputs:
                 if self.spends.get(txin.prev) == entry.tx.txid:
                     del self.spends[txin.prev]
@@ -290,6 +293,7 @@ class Mempool:
         self.entries.clear()
         self.spends.clear()
         self.bytes = 0
+        self.fees = 0
         self._order = None
         self._min_size = float("inf")
         for tx in returning + waiting:

@@ -683,7 +683,7 @@ class Node:
             return
         tip = self.chain.tip.hash
         fees_changed = now - self.last_template_at >= RETEMPLATE_INTERVAL_S and \
-            self._pool_fees() > self.job_fees
+            self.mempool.fees > self.job_fees
         if tip == self.job_tip and not fees_changed and not self.pool.job_exhausted:
             return
         # Every job gets its own extra nonce, so even a template identical in all else
@@ -694,12 +694,9 @@ class Node:
         self.templates = {self.job_id: template}
         self.pool.submit(job_from_template(template, self.job_id, self.params.max_future_block_time_s))
         self.job_tip = tip
-        self.job_fees = self._pool_fees()
+        self.job_fees = self.mempool.fees
         self.last_template_at = now
         self.log.debug("mining job", job=self.job_id, height=template.height, txs=len(template.txs))
-
-    def _pool_fees(self) -> int:
-        return sum(e.fee for e in self.mempool.entries.values())
 
     # --- the api socket --------------------------------------------------------------
 
