@@ -23,8 +23,9 @@ from zcoin.tracker import TrackerServer
 POLL_S = 0.02
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> object:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition",
+               interval: float = POLL_S) -> object:
+    """Poll ``predicate`` every ``interval`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -32,7 +33,7 @@ def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(POLL_S)
+        time.sleep(interval)
 
 
 class Cluster:

@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from nodeutil import wait_until
@@ -129,12 +128,5 @@ class ProcessGroup:
 
 
 def wait_for_all(predicate, timeout: float, what: str, interval: float = 0.2):
-    """``wait_until`` for slower, process-level conditions."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """``wait_until`` polling less often, for conditions that each cost a process start."""
+    return wait_until(predicate, timeout, what, interval)
