@@ -24,6 +24,7 @@ def test_every_command_has_help_with_exit_status_0(command):
     result = CliRunner().invoke(cli, [*command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output
+    assert "Example:" in result.output and "zcoin " in result.output.split("Example:")[1]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

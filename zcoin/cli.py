@@ -46,6 +46,10 @@ def tracker_command(config_path: str | None, bind: str | None, events: str | Non
     Miners join through it (JOIN, LIST, ACK), renew a lease by heartbeat and are
     announced as joined or left on the events endpoint.  The bound endpoints are
     logged as "tracker listening api=... events=...".
+
+    \b
+    Example:
+      zcoin tracker --bind tcp://127.0.0.1:9000 --events tcp://127.0.0.1:9001
     """
     from zcoin.config import ConfigError
     from zcoin.tracker import TrackerError, load_tracker_settings, run_tracker
@@ -63,7 +67,12 @@ def tracker_command(config_path: str | None, bind: str | None, events: str | Non
 @click.option("--timeout", "timeout_s", metavar="S", type=click.FloatRange(min=0, min_open=True), default=5.0,
               show_default=True, help="Seconds to wait for an answer before giving up.")
 def peers_command(trackers: tuple[str, ...], as_json: bool, timeout_s: float) -> None:
-    """List the tracker's members with their endpoints and last heartbeat age."""
+    """List the tracker's members with their endpoints and last heartbeat age.
+
+    \b
+    Example:
+      zcoin peers --tracker tcp://127.0.0.1:9000 --json
+    """
     import json
 
     from zcoin.tracker import TrackerUnavailable, format_members, members_as_json, request_members
@@ -234,7 +243,12 @@ def status_command(node: str, as_json: bool, timeout_s: float) -> None:
 
 @cli.group("wallet")
 def wallet_group() -> None:
-    """Make wallets, show their address and balance."""
+    """Make wallets, show their address and balance.
+
+    \b
+    Example:
+      zcoin wallet new --wallet alice.json --dev 0
+    """
 
 
 WALLET_OPTION = click.option("--wallet", "wallet_path", required=True, type=click.Path(dir_okay=False),
@@ -278,7 +292,12 @@ def wallet_new_command(wallet_path: str, dev_index: int | None, network: str, fo
 @WALLET_OPTION
 @JSON_OPTION
 def wallet_address_command(wallet_path: str, as_json: bool) -> None:
-    """Print the wallet's address (the last word of the line)."""
+    """Print the wallet's address (the last word of the line).
+
+    \b
+    Example:
+      zcoin wallet address --wallet alice.json
+    """
     import json
 
     wallet, params = _load_wallet(wallet_path)
@@ -381,6 +400,10 @@ def bench_command(what: str, workers: int | None, seconds: float, as_json: bool)
     hash    mining pool hashes/s vs a plain hashlib midstate loop
     verify  transaction validation vs raw coincurve Schnorr verifies
     header  consensus header hashing vs a plain hashlib loop
+
+    \b
+    Example:
+      zcoin bench hash --workers 2 --seconds 5 --json
     """
     import json
     import os
