@@ -105,6 +105,30 @@ def test_garbage_file_is_refused(tmp_path):
         ChainStore(path, PARAMS)
 
 
+def test_sqlite_file_of_another_program_is_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "other.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE notes (body TEXT)")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="not a zcoin store"):
+        ChainStore(path, PARAMS)
+    db = sqlite3.connect(path)
+    assert {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} == {"notes"}
+    db.close()
+
+
+def test_store_without_a_network_name_is_refused(tmp_path):
+    path = tmp_path / "chain.sqlite"
+    ChainStore(path, PARAMS).close()
+    db = sqlite3.connect(path)
+    db.execute("DELETE FROM meta WHERE key = 'network'")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="without a network name"):
+        ChainStore(path, PARAMS)
+
+
 def test_store_of_another_schema_version_is_refused(tmp_path):
     path = tmp_path / "chain.sqlite"
     ChainStore(path, PARAMS).close()

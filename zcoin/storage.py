@@ -107,15 +107,21 @@ class ChainStore:
     def __init__(self, path: str | Path, params: ChainParams, *, synchronous: str = "FULL") -> None:
         self.path = Path(path)
         self.params = params
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+            tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "meta" not in tables:
+                raise StoreError(f"{self.path}: an SQLite file of something else, not a zcoin store")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={synchronous}")
-            self.db.execute("PRAGMA foreign_keys=OFF")
             self.db.executescript(_SCHEMA)
             self._check_or_init_meta()
         except sqlite3.DatabaseError as exc:
+            self.db.close()
             raise StoreError(f"{self.path}: not a usable zcoin store ({exc})") from None
+        except StoreError:
+            self.db.close()
+            raise
 
     # --- opening -------------------------------------------------------------
 
@@ -131,8 +137,10 @@ class ChainStore:
         if int(version) != SCHEMA_VERSION:
             raise StoreError(f"{self.path}: schema version {int(version)}, this zcoin reads {SCHEMA_VERSION}")
         network = self._meta("network")
+        if network is None:
+            raise StoreError(f"{self.path}: store without a network name (damaged?)")
         if network != self.params.name.encode():
-            raise StoreError(f"{self.path}: store of network {network.decode()!r}, "
+            raise StoreError(f"{self.path}: store of network {network.decode(errors='replace')!r}, "
                              f"not {self.params.name!r}")
         if self._meta("genesis") != self.params.genesis_hash:
             raise StoreError(f"{self.path}: genesis block differs from network {self.params.name!r}")
