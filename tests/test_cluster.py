@@ -135,3 +135,24 @@ def test_client_errors_are_one_line_with_exit_status_1(procs, tmp_path):
     usage = procs.cli("send", "--wallet", str(wallet))
     assert usage.returncode == 2
     assert (wallet.stat().st_mode & 0o777) == 0o600
+
+
+def test_acknowledged_transactions_survive_kill_9_of_the_node(procs):
+    from nodeutil import premine_spend
+
+    from zcoin.client import NodeClient
+
+    _, tracker = procs.start_tracker()
+    node, api = procs.start_miner("relay", [tracker], network="regtest", mine=False)
+    txs = [premine_spend(i, to=(i + 1) % 10) for i in range(5)]
+    with NodeClient(api) as client:
+        for tx in txs:
+            assert client.request("push_tx", tx=tx.raw)["accepted"]
+    node.kill()  # SIGKILL right after the last acknowledgement
+    node.start()
+    node.wait_for_log(r"node started")
+    endpoints = json.loads((procs.tmp_path / "relay" / "node.json").read_text())
+    assert endpoints["pid"] == node.pid
+    with NodeClient(endpoints["api"]) as client:
+        pool = set(client.request("get_mempool")["txids"])
+    assert pool == {tx.txid for tx in txs}

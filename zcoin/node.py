@@ -42,6 +42,7 @@ from loguru import logger
 from zcoin import wire
 from zcoin.chain import Chain, UnknownParent
 from zcoin.consensus import errors as E
+from zcoin.consensus.crypto import sha256d
 from zcoin.consensus.params import ChainParams
 from zcoin.consensus.primitives import Block, BlockHeader, Transaction
 from zcoin.mempool import Mempool, MempoolReject, TxAlreadyKnown, TxConflict
@@ -151,6 +152,8 @@ class Node:
         self.job_fees = -1
         self.last_template_at = 0.0
         self._next_tip_round = 0.0
+        self._unsaved: list[tuple[bytes, bytes]] = []  # accepted transactions not yet on disk
+        self._outbox: list[list[bytes]] = []  # api replies, sent once what they acknowledge is on disk
         self._stop = threading.Event()
 
     # --- life cycle ----------------------------------------------------------------
@@ -160,6 +163,7 @@ class Node:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = ChainStore(self.config.data_dir / "chain.sqlite", self.params)
         self.chain = Chain(self.store, self.params)
+        self._restore_mempool()
         self.api = self.context.socket(zmq.ROUTER)
         self.api.setsockopt(zmq.LINGER, 0)
         self.api.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
@@ -200,6 +204,28 @@ class Node:
         self.log.info("node started", api=self.api_endpoint, gossip=self.gossip_endpoint,
                       height=self.chain.height, tip=self.chain.tip.hash_hex, network=self.params.name)
 
+    def _restore_mempool(self) -> None:
+        """Take back the transactions acknowledged before a stop or a crash (those still valid)."""
+        gone = []
+        for raw in self.store.load_mempool_txs():
+            try:
+                tx = Transaction.parse(raw)
+                self.mempool.accept(tx, self.store, self.chain.height)
+            except (E.ValidationError, MempoolReject):
+                gone.append(sha256d(raw))
+        self.store.forget_mempool_txs(gone)
+        if len(self.mempool) or gone:
+            self.log.info("mempool restored", txs=len(self.mempool), dropped=len(gone))
+
+    def _flush(self) -> None:
+        """Write accepted transactions to disk, then send the replies that acknowledge them."""
+        if self._unsaved:
+            self.store.save_mempool_txs(self._unsaved)
+            self._unsaved.clear()
+        for frames in self._outbox:
+            self.api.send_multipart(frames)
+        self._outbox.clear()
+
     def _write_endpoints(self) -> None:
         """Leave the bound endpoints in ``node.json`` so tools can find an ephemeral port."""
         path = self.config.data_dir / "node.json"
@@ -214,6 +240,8 @@ class Node:
 
     def close(self) -> None:
         """Leave the trackers, stop the pool, close sockets and the store."""
+        if self.store is not None and getattr(self, "api", None) is not None:
+            self._flush()
         if self.agent is not None:
             self.agent.stop()
             self.agent = None
@@ -288,6 +316,7 @@ class Node:
                 elif sock is peer.dealer:
                     self._drain(sock, lambda frames, p=peer: self._on_reply(p, frames))
         self._timers(now)
+        self._flush()
 
     def _drain(self, sock: zmq.Socket, handler) -> None:
         for _ in range(MAX_DRAIN_PER_WAKE):
@@ -611,6 +640,7 @@ class Node:
         fee = self.mempool.accept(tx, self.store, self.chain.height,
                                   is_confirmed=lambda txid: self.store.tx_height(txid) is not None)
         self.log.debug("tx accepted", txid=tx.txid_hex, fee=fee)
+        self._unsaved.append((tx.txid, tx.raw))
         if relay:
             self.publish(TOPIC_TX, "gossip_tx", tx=tx.raw)
         return fee
@@ -648,7 +678,10 @@ class Node:
     def _after_chain_update(self, update) -> None:
         if not update.connected and not update.disconnected:
             return
-        self.mempool.update_for_chain(update.connected, update.disconnected, self.store, self.chain.height)
+        dropped = self.mempool.update_for_chain(update.connected, update.disconnected, self.store,
+                                                self.chain.height)
+        self.store.forget_mempool_txs([tx.txid for block in update.connected for tx in block.txs[1:]]
+                                      + [tx.txid for tx in dropped])
         tip = self.chain.tip
         if update.disconnected:
             self.log.warning("reorg", depth=len(update.disconnected), height=tip.height, tip=tip.hash_hex)
@@ -657,6 +690,7 @@ class Node:
             for block in update.disconnected:
                 for tx in block.txs[1:]:
                     if tx.txid in self.mempool:
+                        self._unsaved.append((tx.txid, tx.raw))
                         self.publish(TOPIC_TX, "gossip_tx", tx=tx.raw)
         for block in update.connected:
             self.log.info("block connected", height=self.chain.index[block.hash].height, block=block.hash_hex,
@@ -718,7 +752,7 @@ class Node:
         except Exception as exc:  # a handler bug must not take the node down
             self.log.exception("api handler failed")
             reply = wire.encode("error", reason="internal", detail=type(exc).__name__)
-        self.api.send_multipart([identity, *envelope, reply])
+        self._outbox.append([identity, *envelope, reply])
 
     def _score_client(self, identity: bytes, points: int, why: str) -> None:
         score = self.client_scores.get(identity, 0) + points

@@ -7,7 +7,9 @@ Tables:
   the 80-byte header) with the body and undo data once known;
 - ``active``: height -> hash of the active chain;
 - ``utxo``: the unspent outputs of the active chain (indexed by key for wallets);
-- ``tx_index``: txid -> height of every transaction on the active chain.
+- ``tx_index``: txid -> height of every transaction on the active chain;
+- ``mempool``: the transactions the node has acknowledged and not yet seen
+  confirmed, in arrival order, so that a crash loses none of them.
 
 Connecting or disconnecting a block is one SQL transaction that moves the tip,
 the UTXO set, the undo data and the indexes together, and the database runs
@@ -62,6 +64,7 @@ CREATE TABLE IF NOT EXISTS utxo (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS utxo_by_pubkey ON utxo (pubkey);
 CREATE TABLE IF NOT EXISTS tx_index (txid BLOB PRIMARY KEY, height INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS mempool (seq INTEGER PRIMARY KEY AUTOINCREMENT, txid BLOB UNIQUE NOT NULL, raw BLOB NOT NULL);
 """
 
 
@@ -274,6 +277,24 @@ class ChainStore:
         """The whole UTXO set (for checks and tests)."""
         rows = self.db.execute("SELECT txid, idx, amount, pubkey, height, coinbase FROM utxo").fetchall()
         return {OutPoint(t, i): Coin(a, p, h, bool(cb)) for t, i, a, p, h, cb in rows}
+
+    # --- acknowledged transactions -----------------------------------------------------
+
+    def save_mempool_txs(self, txs: list[tuple[bytes, bytes]]) -> None:
+        """Remember ``(txid, raw)`` pairs durably, in one transaction (before they are acknowledged)."""
+        if txs:
+            with self.transaction():
+                self.db.executemany("INSERT OR IGNORE INTO mempool (txid, raw) VALUES (?, ?)", txs)
+
+    def forget_mempool_txs(self, txids: list[bytes]) -> None:
+        """Drop transactions that were confirmed or left the pool."""
+        if txids:
+            with self.transaction():
+                self.db.executemany("DELETE FROM mempool WHERE txid = ?", [(t,) for t in txids])
+
+    def load_mempool_txs(self) -> list[bytes]:
+        """The remembered transactions, oldest first."""
+        return [row[0] for row in self.db.execute("SELECT raw FROM mempool ORDER BY seq")]
 
     def tx_height(self, txid: bytes) -> int | None:
         """Height of the active-chain block holding ``txid``, or None."""
