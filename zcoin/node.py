@@ -143,6 +143,7 @@ class Node:
         self.seq = 0
         self.started_at = 0.0
         self.synced = False
+        self._ever_synced = False
         self.mempool_synced: set[str] = set()
         self.agent: MembershipAgent | None = None
         self.pool = None  # zcoin.mining.MiningPool when mining
@@ -349,12 +350,7 @@ class Node:
 
     def connect_peer(self, info: MemberInfo) -> Peer:
         """Open a DEALER to the peer's api and a SUB to its gossip, and ask for its tip."""
-        dealer = self.context.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
-        dealer.setsockopt(zmq.SNDHWM, GOSSIP_HWM)
-        dealer.setsockopt(zmq.RCVHWM, GOSSIP_HWM)
-        dealer.connect(info.api)
+        dealer = self._open_dealer(info.api)
         sub = self.context.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
@@ -364,13 +360,21 @@ class Node:
         sub.connect(info.gossip)
         peer = Peer(info, dealer, sub)
         self.peers[info.node_id] = peer
-        self.sock_owner[dealer] = peer
-        self.sock_owner[sub] = peer
-        self.poller.register(dealer, zmq.POLLIN)
-        self.poller.register(sub, zmq.POLLIN)
+        for sock in (dealer, sub):
+            self.sock_owner[sock] = peer
+            self.poller.register(sock, zmq.POLLIN)
         self.log.info("peer connected", peer=info.node_id, api=info.api)
         self._request(peer, "get_tip")
         return peer
+
+    def _open_dealer(self, endpoint: str) -> zmq.Socket:
+        dealer = self.context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
+        dealer.setsockopt(zmq.SNDHWM, GOSSIP_HWM)
+        dealer.setsockopt(zmq.RCVHWM, GOSSIP_HWM)
+        dealer.connect(endpoint)
+        return dealer
 
     def _drop_peer(self, peer: Peer, why: str) -> None:
         for sock in (peer.dealer, peer.sub):
@@ -432,10 +436,7 @@ class Node:
             peer.dealer.close(linger=0)
             self.poller.unregister(peer.dealer)
             self.sock_owner.pop(peer.dealer, None)
-            peer.dealer = self.context.socket(zmq.DEALER)
-            peer.dealer.setsockopt(zmq.LINGER, 0)
-            peer.dealer.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
-            peer.dealer.connect(peer.info.api)
+            peer.dealer = self._open_dealer(peer.info.api)
             self.sock_owner[peer.dealer] = peer
             self.poller.register(peer.dealer, zmq.POLLIN)
 
@@ -450,8 +451,13 @@ class Node:
             ahead = any(p.work > self.chain.tip.chain_work for p in answered)
             self.synced = (not peers or len(answered) == len(peers) or waited) and not ahead \
                 and not self.chain.blocks_to_fetch(1)
-        if self.synced and not was:
-            self.log.info("synced", height=self.chain.height, tip=self.chain.tip.hash_hex)
+        if self.synced != was:
+            # A peer's new block makes us briefly "behind" on every block: only the
+            # first catch-up is news.
+            level = "INFO" if self.synced and not self._ever_synced else "DEBUG"
+            self.log.log(level, "synced" if self.synced else "behind a peer", height=self.chain.height,
+                         tip=self.chain.tip.hash_hex)
+            self._ever_synced |= self.synced
         if self.synced:
             for peer in self.peers.values():
                 if peer.name not in self.mempool_synced and peer.answered and not self._banned(peer):
