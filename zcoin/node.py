@@ -539,6 +539,9 @@ class Node:
             except UnknownParent:
                 self.penalise(peer, PENALTY_MALFORMED, "headers do not connect")
                 return
+            except E.BlockTimeTooNew as exc:  # a clock ahead of ours, not misbehaviour: try again later
+                self.log.info("header from the future", peer=peer.name, reason=exc.reason)
+                return
             except E.ValidationError as exc:
                 self.penalise(peer, PENALTY_INVALID_BLOCK, f"invalid header: {exc.reason}")
                 return
