@@ -64,6 +64,10 @@ PENALTY_INVALID_BLOCK = 100
 RETEMPLATE_INTERVAL_S = 1.0  # at most this often a richer mempool restarts the mining job
 SYNC_GRACE_S = 3.0  # a node with peers waits this long for their tips before it calls itself synced
 
+# libzmq's own limit is only a backstop: frames up to it reach wire.decode, which refuses
+# anything over wire.MAX_MESSAGE_BYTES and penalises the sender; libzmq would drop silently.
+MAX_SOCKET_MESSAGE_BYTES = 2 * wire.MAX_MESSAGE_BYTES
+
 TOPIC_TX = b"tx"
 TOPIC_BLOCK = b"block"
 
@@ -167,7 +171,7 @@ class Node:
         self._restore_mempool()
         self.api = self.context.socket(zmq.ROUTER)
         self.api.setsockopt(zmq.LINGER, 0)
-        self.api.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
+        self.api.setsockopt(zmq.MAXMSGSIZE, MAX_SOCKET_MESSAGE_BYTES)
         self.api.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.api.setsockopt(zmq.SNDHWM, GOSSIP_HWM)
         self.api.setsockopt(zmq.RCVHWM, GOSSIP_HWM)
@@ -353,7 +357,7 @@ class Node:
         dealer = self._open_dealer(info.api)
         sub = self.context.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
+        sub.setsockopt(zmq.MAXMSGSIZE, MAX_SOCKET_MESSAGE_BYTES)
         sub.setsockopt(zmq.RCVHWM, GOSSIP_HWM)
         sub.setsockopt(zmq.SUBSCRIBE, TOPIC_TX)
         sub.setsockopt(zmq.SUBSCRIBE, TOPIC_BLOCK)
@@ -370,7 +374,7 @@ class Node:
     def _open_dealer(self, endpoint: str) -> zmq.Socket:
         dealer = self.context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
-        dealer.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
+        dealer.setsockopt(zmq.MAXMSGSIZE, MAX_SOCKET_MESSAGE_BYTES)
         dealer.setsockopt(zmq.SNDHWM, GOSSIP_HWM)
         dealer.setsockopt(zmq.RCVHWM, GOSSIP_HWM)
         dealer.connect(endpoint)
@@ -531,20 +535,9 @@ class Node:
         peer.fetching_headers = False
         raw_headers = msg["headers"]
         now = int(time.time())
-        last = None
-        for raw in raw_headers:
-            try:
-                header = BlockHeader.parse(raw)
-                last = self.chain.add_header(header, now)
-            except UnknownParent:
-                self.penalise(peer, PENALTY_MALFORMED, "headers do not connect")
-                return
-            except E.BlockTimeTooNew as exc:  # a clock ahead of ours, not misbehaviour: try again later
-                self.log.info("header from the future", peer=peer.name, reason=exc.reason)
-                return
-            except E.ValidationError as exc:
-                self.penalise(peer, PENALTY_INVALID_BLOCK, f"invalid header: {exc.reason}")
-                return
+        with self.store.transaction():  # one commit for the whole reply, not one per header
+            self._add_headers(peer, raw_headers, now)
+        last = self.chain.index.get(BlockHeader.parse(raw_headers[-1]).hash) if raw_headers else None
         if last is not None and last.height > peer.height:
             peer.height, peer.tip_hash = last.height, last.hash
         if raw_headers:
@@ -554,6 +547,21 @@ class Node:
             peer.fetching_headers = True
             self._request(peer, "get_headers", locator=[last.hash] + self.chain.locator()[:63])
         self._fetch_blocks()
+
+    def _add_headers(self, peer: Peer, raw_headers: list[bytes], now: int) -> None:
+        for raw in raw_headers:
+            try:
+                header = BlockHeader.parse(raw)
+                self.chain.add_header(header, now)
+            except UnknownParent:
+                self.penalise(peer, PENALTY_MALFORMED, "headers do not connect")
+                return
+            except E.BlockTimeTooNew as exc:  # a clock ahead of ours, not misbehaviour: try again later
+                self.log.info("header from the future", peer=peer.name, reason=exc.reason)
+                return
+            except E.ValidationError as exc:
+                self.penalise(peer, PENALTY_INVALID_BLOCK, f"invalid header: {exc.reason}")
+                return
 
     def _on_blocks(self, peer: Peer, msg: wire.Message) -> None:
         for raw in msg["blocks"]:
@@ -611,6 +619,8 @@ class Node:
                 self._request(peer, "get_tip")
         peer.last_seq = seq
         if msg.type == "gossip_tx":
+            if sha256d(msg["tx"]) in self.mempool:  # the txid hashes the canonical bytes: a copy we hold
+                return
             self._accept_tx_from_peer(msg["tx"], peer, relay=True)
         else:
             try:
