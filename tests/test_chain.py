@@ -404,6 +404,39 @@ def test_blocks_to_fetch_still_lists_the_gap_when_later_bodies_came_first(tmp_pa
     store.close()
 
 
+def test_blocks_to_fetch_toward_a_chosen_tip_skips_what_it_is_told_and_follows_reorgs(tmp_path):
+    # A node asks per peer: the best header (a chain only one peer claims) must not hide
+    # another peer's branch, and hashes a peer failed to send are left out.
+    ours = _chain_of(12)
+    theirs = ours.fork(4, b"theirs")
+    theirs.mine_empty(12)  # height 16: the best header
+    store, chain = open_chain(tmp_path / "chain.sqlite")
+    add_all(chain, ours.blocks[:7])  # active chain to height 6
+    for block in ours.blocks[7:]:
+        chain.add_header(block.header, NOW)
+    for block in theirs.blocks[5:]:
+        chain.add_header(block.header, NOW)
+    assert chain.best_header.hash == theirs.tip.hash
+    assert chain.blocks_to_fetch() == [b.hash for b in theirs.blocks[5:]]
+    ours_tip = chain.index[ours.tip.hash]
+    assert chain.blocks_to_fetch(target=ours_tip) == [b.hash for b in ours.blocks[7:]]
+    assert chain.blocks_to_fetch(3, target=ours_tip, skip={ours.blocks[8].hash}) == \
+        [ours.blocks[7].hash, ours.blocks[9].hash, ours.blocks[10].hash]
+
+    # The remembered path shrinks as the active chain grows along it...
+    add_all(chain, ours.blocks[7:10])
+    assert chain.blocks_to_fetch(target=ours_tip) == [b.hash for b in ours.blocks[10:]]
+    # ...and is walked again when the active chain leaves it: their branch from the fork.
+    theirs_tip = chain.index[theirs.tip.hash]
+    assert chain.blocks_to_fetch(target=theirs_tip) == [b.hash for b in theirs.blocks[5:]]
+    add_all(chain, theirs.blocks[5:])
+    assert chain.tip.hash == theirs.tip.hash
+    assert chain.blocks_to_fetch(target=theirs_tip) == []
+    assert chain.blocks_to_fetch(target=ours_tip) == [b.hash for b in ours.blocks[10:]]
+    assert chain.index[ours.blocks[5].hash].status == HAVE_DATA  # disconnected, kept, not wanted again
+    store.close()
+
+
 def test_add_header_refuses_unknown_parent_and_bad_proof_of_work(tmp_path):
     builder = _chain_of(2, with_txs=False)
     store, chain = open_chain(tmp_path / "chain.sqlite")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from loguru import logger
@@ -45,6 +46,7 @@ from zcoin.wire import MAX_HEADERS_PER_REPLY
 MAX_ORPHAN_BLOCKS = 256
 MAX_ORPHAN_BYTES = 32 * 1024 * 1024
 MAX_LOCATOR_HASHES = 64
+MAX_CACHED_GAPS = 64  # sync targets (peer tips) whose path from the active chain is kept
 
 
 class BlockInvalidAncestor(E.InvalidBlock):
@@ -178,6 +180,7 @@ class Chain:
         for row in store.load_index():
             self.index[row.hash] = IndexEntry(row.hash, row.prev_hash, row.height, row.chain_work, row.header,
                                               row.status, next(self._seq))
+        self._gaps: dict[bytes, list[IndexEntry]] = {}
         self.active: list[bytes] = []
         tip_hash = store.tip_hash()
         entry = self.index[tip_hash]
@@ -270,16 +273,46 @@ class Chain:
         end = min(len(self.active), start + 1 + min(limit, MAX_HEADERS_PER_REPLY))
         return [self.index[h].header for h in self.active[start + 1:end]]
 
-    def blocks_to_fetch(self, limit: int = 128) -> list[bytes]:
-        """Bodies missing on the way to the best known header, oldest first."""
-        entry = self.best_header
-        missing = []
-        while not self.in_active_chain(entry.hash):  # bodies may have arrived out of order: skip, not stop
-            if entry.status == HEADER_ONLY:
+    def blocks_to_fetch(self, limit: int = 128, target: IndexEntry | None = None,
+                        skip: Collection[bytes] = ()) -> list[bytes]:
+        """Bodies missing on the way from the active chain to ``target``, oldest first.
+
+        ``target`` defaults to the best known header; a node asks with each peer's tip, since
+        only that peer is known to have those bodies.  Bodies that came out of order are passed
+        over, hashes in ``skip`` too, and nothing past an invalid block is wanted.
+        """
+        missing: list[bytes] = []
+        for entry in self._gap(target or self.best_header):
+            if entry.status == INVALID or len(missing) >= limit:
+                break
+            if entry.status == HEADER_ONLY and entry.hash not in skip:
                 missing.append(entry.hash)
-            entry = self.index[entry.prev_hash]
-        missing.reverse()
-        return missing[:limit]
+        return missing
+
+    def _gap(self, target: IndexEntry) -> list[IndexEntry]:
+        """The entries between the active chain and ``target``, oldest first.
+
+        Sync asks for this every loop turn, so the path is kept per target and only trimmed
+        as the active chain grows along it; a reorg elsewhere makes it walk again.
+        """
+        path = self._gaps.get(target.hash)
+        if path is not None:
+            start = 0
+            while start < len(path) and self.in_active_chain(path[start].hash):
+                start += 1
+            path = path[start:]
+            if path and not self.in_active_chain(path[0].prev_hash):
+                path = None
+        if path is None:
+            path, entry = [], target
+            while not self.in_active_chain(entry.hash):
+                path.append(entry)
+                entry = self.index[entry.prev_hash]
+            path.reverse()
+        if len(self._gaps) >= MAX_CACHED_GAPS:
+            self._gaps.clear()
+        self._gaps[target.hash] = path
+        return path
 
     # --- adding ------------------------------------------------------------------
 

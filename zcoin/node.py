@@ -16,9 +16,12 @@ One :class:`Node` is one process's worth of state, driven by one thread's
 Correctness never rests on PUB/SUB, which drops messages by design: every
 ``TIP_INTERVAL_S`` each peer is asked for its tip, and a node behind a peer
 with more work syncs headers-first (GETHEADERS with a block locator, up to 2000
-headers a reply) and then fetches bodies in batches spread over every peer
-that has them, re-assigning a batch whose peer stalls.  A gossiped block with
-an unknown parent, or a gap in a peer's sequence numbers, triggers the same.
+headers a reply) and then fetches bodies in batches, each from a peer whose
+announced chain holds them, re-assigning a batch whose peer stalls.  A peer that
+stalls or sends none of what it announced is penalised and not asked for those
+blocks again until it announces another tip; blocks nobody serves do not keep a
+node from mining.  A gossiped block with an unknown parent, or a gap in a
+peer's sequence numbers, triggers the same.
 
 A new node joins, syncs the chain, fetches its peers' mempools, and only then
 mines.  A peer sending invalid or malformed data collects a penalty; past
@@ -32,6 +35,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -46,7 +50,7 @@ from zcoin.consensus.crypto import sha256d
 from zcoin.consensus.params import ChainParams
 from zcoin.consensus.primitives import Block, BlockHeader, Transaction
 from zcoin.mempool import Mempool, MempoolReject, TxAlreadyKnown, TxConflict
-from zcoin.storage import ChainStore
+from zcoin.storage import INVALID, ChainStore
 from zcoin.tracker import MemberInfo, MembershipAgent
 from zcoin.wire import MAX_BLOCKS_PER_REQUEST, MAX_HEADERS_PER_REPLY, MAX_MEMPOOL_IDS, MAX_TXS_PER_REQUEST
 
@@ -61,6 +65,7 @@ BAN_DURATION_S = 60.0
 PENALTY_MALFORMED = 20
 PENALTY_INVALID_TX = 10
 PENALTY_INVALID_BLOCK = 100
+PENALTY_STALL = 20  # no reply in time, or none of the blocks asked for: a slow peer may do it too
 RETEMPLATE_INTERVAL_S = 1.0  # at most this often a richer mempool restarts the mining job
 SYNC_GRACE_S = 3.0  # a node with peers waits this long for their tips before it calls itself synced
 
@@ -105,6 +110,7 @@ class Peer:
     answered: bool = False  # has answered a tip request since we connected
     pending: list = field(default_factory=list)  # (request type, time sent, what it asked for), in order
     inflight: set = field(default_factory=set)  # hashes of blocks asked of this peer
+    unserved: set = field(default_factory=set)  # blocks it announced, was asked for and did not send
     score: int = 0
     banned_until: float = 0.0
     fetching_headers: bool = False
@@ -433,7 +439,12 @@ class Node:
         if peer.pending and now - peer.pending[0][1] > REQUEST_TIMEOUT_S:
             # A silent peer: forget what we asked (another peer is asked instead) and
             # replace the DEALER so a late reply cannot be taken for the next one.
-            self.log.info("peer stalled", peer=peer.name, waiting_for=peer.pending[0][0])
+            waiting_for = peer.pending[0][0]
+            if peer.inflight:  # another peer is asked for them, or, with none, we stop waiting
+                peer.unserved.update(peer.inflight)
+                self.penalise(peer, PENALTY_STALL, f"stalled on {len(peer.inflight)} blocks")
+            else:
+                self.log.info("peer stalled", peer=peer.name, waiting_for=waiting_for)
             peer.pending.clear()
             peer.inflight.clear()
             peer.fetching_headers = False
@@ -452,9 +463,8 @@ class Node:
             peers = [p for p in self.peers.values() if not self._banned(p)]
             answered = [p for p in peers if p.answered]
             waited = now - self.started_at >= self.config.sync_grace_s
-            ahead = any(p.work > self.chain.tip.chain_work for p in answered)
-            self.synced = (not peers or len(answered) == len(peers) or waited) and not ahead \
-                and not self.chain.blocks_to_fetch(1)
+            behind = any(self._blocks_from(p, 1) or self._fetching_headers_for_more_work(p) for p in answered)
+            self.synced = (not peers or len(answered) == len(peers) or waited) and not behind
         if self.synced != was:
             # A peer's new block makes us briefly "behind" on every block: only the
             # first catch-up is news.
@@ -471,30 +481,34 @@ class Node:
     # --- sync ----------------------------------------------------------------------
 
     def _fetch_blocks(self) -> None:
-        """Spread the bodies the best header chain lacks over the peers that have them."""
-        wanted = self.chain.blocks_to_fetch(MAX_BLOCKS_PER_REQUEST * max(1, len(self.peers)) * 2)
-        if not wanted:
-            return
+        """Ask each peer for bodies we lack on the way to its tip, oldest first, none twice.
+
+        Like Bitcoin's FindNextBlocksToDownload: only the peer that announced a chain is known
+        to have it, so a peer's share comes from its own tip, never from the best header
+        (which may be a chain only a withholding peer claims).
+        """
         inflight = {h for p in self.peers.values() for h in p.inflight}
-        todo = [h for h in wanted if h not in inflight]
-        if not todo:
-            return
         for peer in sorted(self.peers.values(), key=lambda p: len(p.inflight)):
-            if self._banned(peer) or not todo:
+            room = min(MAX_BLOCKS_IN_FLIGHT_PER_PEER - len(peer.inflight), MAX_BLOCKS_PER_REQUEST)
+            if room <= 0 or self._banned(peer):
                 continue
-            room = MAX_BLOCKS_IN_FLIGHT_PER_PEER - len(peer.inflight)
-            batch = [h for h in todo if self._peer_has(peer, h)][:min(room, MAX_BLOCKS_PER_REQUEST)]
+            batch = self._blocks_from(peer, room, skip=inflight)
             if batch:
+                inflight.update(batch)
                 peer.inflight.update(batch)
-                todo = [h for h in todo if h not in peer.inflight]
                 self._request(peer, "get_blocks", hashes=batch)
 
-    def _peer_has(self, peer: Peer, block_hash: bytes) -> bool:
-        """True if the block is on the chain the peer last told us about."""
+    def _blocks_from(self, peer: Peer, limit: int, skip: Collection[bytes] = ()) -> list[bytes]:
+        """Bodies on the peer's chain that would give us more work and that it has not failed to send."""
         tip = self.chain.index.get(peer.tip_hash)
-        entry = self.chain.index.get(block_hash)
-        return tip is not None and entry is not None and tip.height >= entry.height \
-            and self.chain.ancestor(tip, entry.height) is entry
+        if tip is None or tip.chain_work <= self.chain.tip.chain_work:
+            return []
+        unwanted = peer.unserved | set(skip) if skip else peer.unserved
+        return self.chain.blocks_to_fetch(limit, target=tip, skip=unwanted)
+
+    def _fetching_headers_for_more_work(self, peer: Peer) -> bool:
+        return peer.fetching_headers and peer.work > self.chain.tip.chain_work \
+            and peer.tip_hash not in self.chain.index
 
     def _request_headers(self, peer: Peer) -> None:
         if not peer.fetching_headers and not self._banned(peer):
@@ -505,6 +519,11 @@ class Node:
         expected, _, asked = peer.pending.pop(0) if peer.pending else (None, 0.0, None)
         for block_hash in asked or ():
             peer.inflight.discard(block_hash)  # delivered now, or to be asked of another peer
+        self._handle_reply(peer, expected, frames)
+        if asked:
+            self._note_unserved(peer, asked)
+
+    def _handle_reply(self, peer: Peer, expected: str | None, frames: list[bytes]) -> None:
         try:
             msg = wire.decode(frames[-1])
         except wire.WireError as exc:
@@ -523,12 +542,24 @@ class Node:
             return
         handler(peer, msg)
 
+    def _note_unserved(self, peer: Peer, asked: list[bytes]) -> None:
+        """A peer that sent none of the blocks asked for does not have them, whatever it claimed.
+
+        (A reply may stop short to stay under the size limit, but it always carries one block.)
+        """
+        if any(self.chain.has_block(h) or h not in self.chain.index for h in asked):
+            return
+        peer.unserved.update(asked)
+        self.penalise(peer, PENALTY_STALL, f"sent none of the {len(asked)} blocks asked for")
+
     def _on_tip(self, peer: Peer, msg: wire.Message) -> None:
+        if msg["hash"] != peer.tip_hash:
+            peer.unserved.clear()  # a new tip: what it could not send before may have come since
         peer.height = msg["height"]
         peer.tip_hash = msg["hash"]
         peer.work = int.from_bytes(msg["work"], "big")
         peer.answered = True
-        if peer.work > self.chain.best_header.chain_work and peer.tip_hash not in self.chain.index:
+        if peer.work > self.chain.tip.chain_work and peer.tip_hash not in self.chain.index:
             self._request_headers(peer)
 
     def _on_headers(self, peer: Peer, msg: wire.Message) -> None:
@@ -630,7 +661,7 @@ class Node:
                 return
             self._accept_block(block, peer, relay=True)
             entry = self.chain.index.get(block.hash)
-            if entry is not None and entry.height > peer.height:
+            if entry is not None and entry.status != INVALID and entry.height > peer.height:
                 peer.height, peer.tip_hash = entry.height, entry.hash
 
     def _accept_tx_from_peer(self, raw: bytes, peer: Peer, relay: bool) -> str:
