@@ -8,6 +8,8 @@ peer.  Blocks are made outside (regtest target) and handed to one node with
 
 from __future__ import annotations
 
+import time
+
 import msgpack
 import pytest
 import zmq
@@ -19,7 +21,7 @@ from zcoin import wire
 from zcoin.consensus.builders import sign_transaction
 from zcoin.consensus.params import REGTEST, dev_secret_key
 from zcoin.consensus.primitives import Block, BlockHeader, OutPoint, TxOut
-from zcoin.node import is_loopback_endpoint
+from zcoin.node import PENALTY_MALFORMED, is_loopback_endpoint
 from zcoin.tracker import MemberInfo, MembershipAgent
 
 
@@ -200,6 +202,47 @@ def test_peer_sending_an_invalid_block_is_penalised_and_tips_do_not_move(cluster
         # Honest traffic still flows.
         submit(cluster.clients["a"], make_block(cluster.clients["a"], tag=b"after"))
         assert cluster.wait_same_tip()[0] == tip_before[0] + 1
+    finally:
+        mallory.close()
+
+
+def test_replies_are_matched_to_requests_by_id_and_a_reply_to_nothing_is_penalised(cluster):
+    cluster.add_node("a")
+    mallory = HostilePeer(cluster)
+    try:
+        wait_until(lambda: _peer_entry(cluster, "a", "mallory"), what="a connects to mallory")
+
+        def take(kind: str) -> list[bytes]:
+            """The next request of that kind from a (others are left unanswered)."""
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if mallory.api.poll(100):
+                    frames = mallory.api.recv_multipart()
+                    if wire.decode(frames[-1]).type == kind:
+                        return frames
+            raise AssertionError(f"no {kind} request from a")
+
+        def tip(height: int) -> bytes:  # less work than a's genesis: a does not fetch from mallory
+            return wire.encode("tip", node="mallory", height=height, hash=bytes(range(32)), work=bytes(32))
+
+        identity, request_id, _ = take("get_tip")
+        mallory.api.send_multipart([identity, request_id, tip(1)])
+        mempool_request = take("get_mempool")  # a is synced with mallory, so it asks for its pool
+        tip_request = take("get_tip")
+        assert mempool_request[1] != tip_request[1] and len(request_id) == 8
+        # Answered in reverse order, each reply still lands on its own request.
+        wanted = bytes([7]) * 32
+        mallory.api.send_multipart([*tip_request[:2], tip(7)])
+        mallory.api.send_multipart([*mempool_request[:2], wire.encode("mempool", txids=[wanted])])
+        assert wire.decode(take("get_txs")[-1])["txids"] == [wanted]
+        wait_until(lambda: _peer_entry(cluster, "a", "mallory")["height"] == 7, what="a takes mallory's tip")
+        assert _peer_entry(cluster, "a", "mallory")["score"] == 0
+        # A reply with a request id a never sent, or with none, is held against the sender and ignored.
+        mallory.api.send_multipart([identity, (10**9).to_bytes(8, "big"), tip(9)])
+        mallory.api.send_multipart([identity, tip(9)])
+        wait_until(lambda: _peer_entry(cluster, "a", "mallory")["score"] >= 2 * PENALTY_MALFORMED,
+                   what="a penalises both unsolicited replies")
+        assert _peer_entry(cluster, "a", "mallory")["height"] == 7
     finally:
         mallory.close()
 

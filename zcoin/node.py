@@ -56,6 +56,7 @@ from zcoin.wire import MAX_BLOCKS_PER_REQUEST, MAX_HEADERS_PER_REPLY, MAX_MEMPOO
 
 TIP_INTERVAL_S = 2.0  # how often peers compare tips
 REQUEST_TIMEOUT_S = 5.0  # a peer's reply later than this counts as a stall
+REQUEST_ID_BYTES = 8
 MAX_BLOCKS_IN_FLIGHT_PER_PEER = 32
 MAX_REPLY_BYTES = 3 * 1024 * 1024  # under wire.MAX_MESSAGE_BYTES with room for the envelope
 MAX_DRAIN_PER_WAKE = 500  # messages read from one socket before the others get a turn
@@ -108,7 +109,8 @@ class Peer:
     tip_hash: bytes = b""
     work: int = -1
     answered: bool = False  # has answered a tip request since we connected
-    pending: list = field(default_factory=list)  # (request type, time sent, what it asked for), in order
+    pending: dict = field(default_factory=dict)  # request id -> (type, time sent, hashes asked), oldest first
+    last_request_id: int = 0
     inflight: set = field(default_factory=set)  # hashes of blocks asked of this peer
     unserved: set = field(default_factory=set)  # blocks it announced, was asked for and did not send
     score: int = 0
@@ -397,13 +399,17 @@ class Node:
         self.log.info("peer disconnected", peer=peer.name, why=why)
 
     def _request(self, peer: Peer, msg_type: str, **fields) -> None:
-        peer.dealer.send(wire.encode(msg_type, **fields))
-        self.log.trace("request", peer=peer.name, request=msg_type)
-        peer.pending.append((msg_type, time.monotonic(), fields.get("hashes")))
+        # The request id travels as the routing envelope (one frame before the message)
+        # and comes back on the reply, so a reply is matched to its request, not its turn.
+        peer.last_request_id += 1
+        request_id = peer.last_request_id
+        peer.dealer.send_multipart([request_id.to_bytes(REQUEST_ID_BYTES, "big"), wire.encode(msg_type, **fields)])
+        self.log.trace("request", peer=peer.name, request=msg_type, id=request_id)
+        peer.pending[request_id] = (msg_type, time.monotonic(), fields.get("hashes"))
 
     @staticmethod
     def _awaiting(peer: Peer, msg_type: str) -> bool:
-        return any(kind == msg_type for kind, _, _ in peer.pending)
+        return any(kind == msg_type for kind, _, _ in peer.pending.values())
 
     def penalise(self, peer: Peer, points: int, why: str) -> None:
         """Count misbehaviour against ``peer``; past ``BAN_SCORE`` ignore it for a while."""
@@ -436,10 +442,11 @@ class Node:
             self._maybe_new_job(now)
 
     def _check_stalls(self, peer: Peer, now: float) -> None:
-        if peer.pending and now - peer.pending[0][1] > REQUEST_TIMEOUT_S:
+        oldest = next(iter(peer.pending.values()), None)
+        if oldest is not None and now - oldest[1] > REQUEST_TIMEOUT_S:
             # A silent peer: forget what we asked (another peer is asked instead) and
-            # replace the DEALER so a late reply cannot be taken for the next one.
-            waiting_for = peer.pending[0][0]
+            # replace the DEALER, dropping whatever is still queued for it.
+            waiting_for = oldest[0]
             if peer.inflight:  # another peer is asked for them, or, with none, we stop waiting
                 peer.unserved.update(peer.inflight)
                 self.penalise(peer, PENALTY_STALL, f"stalled on {len(peer.inflight)} blocks")
@@ -516,7 +523,15 @@ class Node:
             self._request(peer, "get_headers", locator=self.chain.locator())
 
     def _on_reply(self, peer: Peer, frames: list[bytes]) -> None:
-        expected, _, asked = peer.pending.pop(0) if peer.pending else (None, 0.0, None)
+        request_id = int.from_bytes(frames[0], "big") if len(frames) == 2 and len(frames[0]) == REQUEST_ID_BYTES \
+            else 0
+        if request_id not in peer.pending:
+            if 0 < request_id <= peer.last_request_id:
+                self.log.debug("late reply", peer=peer.name, id=request_id)  # its request was given up
+            else:
+                self.penalise(peer, PENALTY_MALFORMED, "reply to no request")
+            return
+        expected, _, asked = peer.pending.pop(request_id)
         for block_hash in asked or ():
             peer.inflight.discard(block_hash)  # delivered now, or to be asked of another peer
         self._handle_reply(peer, expected, frames)
@@ -788,7 +803,8 @@ class Node:
         if len(frames) < 2:
             return
         identity, envelope, payload = frames[0], frames[1:-1], frames[-1]
-        if envelope and envelope != [b""]:
+        # REQ clients send an empty delimiter, peers' DEALERs a request id; both come back on the reply.
+        if len(envelope) > 1 or (envelope and len(envelope[0]) not in (0, REQUEST_ID_BYTES)):
             self._score_client(identity, PENALTY_MALFORMED, "bad envelope")
             return
         if self.client_scores.get(identity, 0) >= BAN_SCORE:
