@@ -3,7 +3,7 @@
 
 - ``replay``: N blocks of signed 1-input 2-output transactions are built once,
   then connected into a fresh SQLite store through ``Chain.add_block`` (every
-  rule checked, every block two SQL transactions); blocks/s and tx/s are
+  rule checked, every block one SQL transaction); blocks/s and tx/s are
   reported next to the raw libsecp256k1 BIP340 verify rate (coincurve, keys
   pre-parsed) of the same transactions' signatures, measured in the same run,
   with the ratio tx/s / verifies/s (1.0 would mean storage and every other rule

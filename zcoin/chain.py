@@ -394,10 +394,11 @@ class Chain:
         if entry is None:
             entry = self._new_entry(block.header, parent, HAVE_DATA)
         entry.status = HAVE_DATA
-        self.store.put_block(block, entry.height, entry.chain_work)
-        if entry.chain_work > self.tip.chain_work:
-            self._candidates.add(block_hash)
-        update = self._activate_best_chain(just_received=block)
+        with self.store.transaction():  # the body and what it connects: one commit, one fsync
+            self.store.put_block(block, entry.height, entry.chain_work)
+            if entry.chain_work > self.tip.chain_work:
+                self._candidates.add(block_hash)
+            update = self._activate_best_chain(just_received=block)
         for bad_hash, exc in update.invalid:
             if bad_hash == block_hash:
                 raise exc
