@@ -274,6 +274,22 @@ def test_signature_is_bound_to_every_input_of_the_transaction(mem_chain):
         check_tx_inputs(alone, mem_chain.utxo, 1, REGTEST)
 
 
+def test_inputs_of_a_transaction_verified_before_are_checked_without_its_signatures(mem_chain):
+    """What a reorg asks of the pool: every rule but the signatures, which cannot have changed."""
+    tx = spend_dev(0, [COIN])
+    forged = Transaction(tx.version, (TxIn(tx.inputs[0].prev, bytes(64)),), tx.outputs)
+    with pytest.raises(E.TxBadSignature):
+        check_tx_inputs(forged, mem_chain.utxo, 1, REGTEST)
+    fee = REGTEST.dev_account_amount - COIN
+    assert check_tx_inputs(forged, mem_chain.utxo, 1, REGTEST, verify_signatures=False) == fee
+    overspend = spend_dev(0, [REGTEST.dev_account_amount + 1])
+    with pytest.raises(E.TxInputsBelowOutputs):
+        check_tx_inputs(overspend, mem_chain.utxo, 1, REGTEST, verify_signatures=False)
+    missing = Transaction(tx.version, (TxIn(OutPoint(bytes(32), 7), tx.inputs[0].signature),), tx.outputs)
+    with pytest.raises(E.TxMissingInput):
+        check_tx_inputs(missing, mem_chain.utxo, 1, REGTEST, verify_signatures=False)
+
+
 @pytest.mark.parametrize("length", [0, 63, 65, 100])
 def test_signature_of_wrong_length_is_refused(mem_chain, length):
     tx = spend_dev(0, [COIN])

@@ -156,12 +156,13 @@ class Mempool:
     # --- accepting -----------------------------------------------------------
 
     def accept(self, tx: Transaction, chain_view: UtxoView, tip_height: int,
-               is_confirmed=lambda txid: False) -> int:
+               is_confirmed=lambda txid: False, *, signatures_verified: bool = False) -> int:
         """Validate ``tx`` against the chain plus the pool and keep it; return its fee.
 
         Raises an ``InvalidTx`` subclass for a broken rule, or a
         ``MempoolReject`` subclass (already known, conflict naming the txid that
-        was first, pool full) for policy.
+        was first, pool full) for policy.  ``signatures_verified`` skips the
+        signature checks of a transaction that passed them before (after a reorg).
         """
         txid = tx.txid
         if txid in self.entries:
@@ -176,7 +177,8 @@ class Mempool:
                                  txid=tx.txid_hex, conflict=other[::-1].hex())
         view = MempoolView(self, chain_view, tip_height + 1)
         try:
-            fee = check_tx_inputs(tx, view, tip_height + 1, self.params)
+            fee = check_tx_inputs(tx, view, tip_height + 1, self.params,
+                                  verify_signatures=not signatures_verified)
         except E.TxMissingInput:
             if is_confirmed(txid):
                 raise TxAlreadyConfirmed(f"{tx.txid_hex} is already in a block", txid=tx.txid_hex) from None
@@ -277,8 +279,11 @@ class Mempool:
         """Follow the chain after blocks connected and/or disconnected; return transactions dropped.
 
         After a reorg, the disconnected blocks' transactions and the pool are
-        checked again from scratch against the new tip (a coinbase spend may be
-        immature again, a parent may be gone); whatever is no longer valid is dropped.
+        checked again against the new tip (a coinbase spend may be immature
+        again, a parent may be gone); whatever is no longer valid is dropped.
+        Their signatures are not verified again: all of them passed when they
+        entered the pool or a block, and an outpoint names the same coin on
+        every chain (Bitcoin's removeForReorg likewise re-checks no scripts).
         """
         connected = list(connected)
         disconnected = list(disconnected)
@@ -298,7 +303,7 @@ class Mempool:
         self._min_size = float("inf")
         for tx in returning + waiting:
             try:
-                self.accept(tx, chain_view, tip_height)
+                self.accept(tx, chain_view, tip_height, signatures_verified=True)
             except (E.ValidationError, MempoolReject):
                 dropped.append(tx)
         return dropped
