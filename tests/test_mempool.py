@@ -358,12 +358,13 @@ operations = st.lists(st.one_of(
     st.tuples(st.just("accept"), st.integers(0, len(TEMPLATE_UNIVERSE) - 1)),
     st.tuples(st.just("remove"), st.integers(0, len(TEMPLATE_UNIVERSE) - 1)),
     st.tuples(st.just("select"), st.integers(0, 3_000)),
+    st.tuples(st.just("worst"), st.just(0)),
 ), max_size=40)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(operations)
-def test_template_after_any_pool_changes_equals_a_fresh_greedy_choice(genesis_store, ops):
+def test_template_and_eviction_order_after_any_pool_changes_equal_a_fresh_choice(genesis_store, ops):
     pool = Mempool(PARAMS)
     for op, arg in ops:
         if op == "accept":
@@ -373,6 +374,9 @@ def test_template_after_any_pool_changes_equals_a_fresh_greedy_choice(genesis_st
                 pass
         elif op == "remove":
             pool.remove(TEMPLATE_UNIVERSE[arg].txid)
+        elif op == "worst":  # what a full pool evicts first, read from the cached order
+            if pool.entries:
+                assert pool._worst() is max(pool.entries.values(), key=lambda e: e.sort_key)
         else:
             chosen, fees = pool.select_for_block(arg)
             assert [tx.txid for tx in chosen] == _greedy_template(pool, arg)

@@ -210,7 +210,7 @@ class Mempool:
             raise MempoolFull("transaction larger than the pool", txid=newcomer.tx.txid_hex)
         ancestors = None
         while self.bytes + newcomer.size > self.max_bytes:
-            worst = max(self.entries.values(), key=lambda e: e.sort_key)
+            worst = self._worst()
             if worst.sort_key < newcomer.sort_key:
                 raise MempoolFull(f"pool full and fee rate {newcomer.fee_rate:.3f}/byte is the lowest",
                                   txid=newcomer.tx.txid_hex)
@@ -220,6 +220,16 @@ class Mempool:
                 raise MempoolFull(f"pool full and its lowest fee rate is an ancestor, {worst.tx.txid_hex}",
                                   txid=newcomer.tx.txid_hex, ancestor=worst.tx.txid_hex)
             self.remove(worst.tx.txid, with_descendants=True)
+
+    def _worst(self) -> MempoolEntry:
+        """The entry eviction takes first: the lowest fee rate, the latest arrival among equals."""
+        order = self._sorted()  # kept sorted anyway for templates: no scan of the pool per eviction
+        while True:
+            entry = order[-1]
+            if self.entries.get(entry.tx.txid) is entry:
+                return entry
+            order.pop()  # removed, lingering at the end
+            self._stale = max(0, self._stale - 1)
 
     def _ancestors(self, tx: Transaction) -> set[bytes]:
         """Txids of the pool transactions ``tx`` spends from, directly or not."""
