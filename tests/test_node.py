@@ -16,10 +16,12 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chainutil import Builder
 from nodeutil import Cluster, make_block, premine_spend, submit, wait_until
 from zcoin import wire
 from zcoin.consensus.builders import sign_transaction
 from zcoin.consensus.params import REGTEST, dev_secret_key
+from zcoin.consensus.pow import block_work
 from zcoin.consensus.primitives import Block, BlockHeader, OutPoint, TxOut
 from zcoin.node import PENALTY_MALFORMED, is_loopback_endpoint
 from zcoin.tracker import MemberInfo, MembershipAgent
@@ -243,6 +245,65 @@ def test_replies_are_matched_to_requests_by_id_and_a_reply_to_nothing_is_penalis
         wait_until(lambda: _peer_entry(cluster, "a", "mallory")["score"] >= 2 * PENALTY_MALFORMED,
                    what="a penalises both unsolicited replies")
         assert _peer_entry(cluster, "a", "mallory")["height"] == 7
+    finally:
+        mallory.close()
+
+
+def test_blocks_a_peer_stalled_on_are_asked_of_it_again_once_it_announces_more(cluster):
+    """Mallory is the only source of its chain.  It stalls once: the node stops waiting (it is
+    synced with what it can get, and holds the stall against mallory) and asks again after
+    mallory announces a new block, whichever way the announcement comes."""
+    node = cluster.add_node("a", request_timeout_s=0.5)
+    theirs = Builder()
+    theirs.mine_empty(3)
+    mallory = HostilePeer(cluster)
+    shown = {"tip": theirs.blocks[2]}  # mallory's tip: block 2, then block 3
+    asked_for_blocks = []
+
+    def serve(stall: bool) -> None:
+        while mallory.api.poll(0):
+            identity, request_id, payload = mallory.api.recv_multipart()
+            msg = wire.decode(payload)
+            tip = shown["tip"]
+            if msg.type == "get_tip":
+                height = theirs.blocks.index(tip)
+                reply = wire.encode("tip", node="mallory", height=height, hash=tip.hash,
+                                    work=(block_work(tip.header.bits) * (height + 1)).to_bytes(32, "big"))
+            elif msg.type == "get_headers":
+                upto = theirs.blocks.index(tip)
+                reply = wire.encode("headers", headers=[b.header.serialize() for b in theirs.blocks[1:upto + 1]])
+            elif msg.type == "get_blocks":
+                asked_for_blocks.append(msg["hashes"])
+                if stall:
+                    continue
+                by_hash = {b.hash: b.raw for b in theirs.blocks}
+                reply = wire.encode("blocks", blocks=[by_hash[h] for h in msg["hashes"]])
+            else:
+                continue
+            mallory.api.send_multipart([identity, request_id, reply])
+
+    try:
+        def stalled_once() -> bool:
+            serve(stall=True)
+            entry = _peer_entry(cluster, "a", "mallory")
+            return bool(entry and entry["score"] > 0)
+
+        wait_until(stalled_once, what="a holds the stall against mallory")
+        assert asked_for_blocks[0] == [b.hash for b in theirs.blocks[1:3]]
+        wait_until(lambda: cluster.status("a")["synced"], what="a stops waiting for what mallory withholds")
+        assert cluster.status("a")["height"] == 0 and cluster.status("a")["best_header"] == 2
+
+        shown["tip"] = theirs.blocks[3]
+        mallory.gossip_block(theirs.blocks[3])  # an orphan to a: it asks for headers, then bodies
+
+        def caught_up() -> bool:
+            serve(stall=False)
+            if len(asked_for_blocks) == 1:
+                mallory.gossip_block(theirs.blocks[3])  # repeated: slow joiner
+            return cluster.status("a")["height"] == 3
+
+        wait_until(caught_up, what="a fetches mallory's chain once it announced more")
+        assert cluster.tip("a")[1] == theirs.tip.hash
     finally:
         mallory.close()
 

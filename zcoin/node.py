@@ -95,6 +95,7 @@ class NodeConfig:
     heartbeat_s: float = 2.0
     tip_interval_s: float = TIP_INTERVAL_S
     sync_grace_s: float = SYNC_GRACE_S
+    request_timeout_s: float = REQUEST_TIMEOUT_S
 
 
 @dataclass(slots=True)
@@ -443,7 +444,7 @@ class Node:
 
     def _check_stalls(self, peer: Peer, now: float) -> None:
         oldest = next(iter(peer.pending.values()), None)
-        if oldest is not None and now - oldest[1] > REQUEST_TIMEOUT_S:
+        if oldest is not None and now - oldest[1] > self.config.request_timeout_s:
             # A silent peer: forget what we asked (another peer is asked instead) and
             # replace the DEALER, dropping whatever is still queued for it.
             waiting_for = oldest[0]
@@ -567,11 +568,14 @@ class Node:
         peer.unserved.update(asked)
         self.penalise(peer, PENALTY_STALL, f"sent none of the {len(asked)} blocks asked for")
 
-    def _on_tip(self, peer: Peer, msg: wire.Message) -> None:
-        if msg["hash"] != peer.tip_hash:
+    @staticmethod
+    def _set_peer_tip(peer: Peer, height: int, tip_hash: bytes) -> None:
+        if tip_hash != peer.tip_hash:
             peer.unserved.clear()  # a new tip: what it could not send before may have come since
-        peer.height = msg["height"]
-        peer.tip_hash = msg["hash"]
+        peer.height, peer.tip_hash = height, tip_hash
+
+    def _on_tip(self, peer: Peer, msg: wire.Message) -> None:
+        self._set_peer_tip(peer, msg["height"], msg["hash"])
         peer.work = int.from_bytes(msg["work"], "big")
         peer.answered = True
         if peer.work > self.chain.tip.chain_work and peer.tip_hash not in self.chain.index:
@@ -585,7 +589,7 @@ class Node:
             self._add_headers(peer, raw_headers, now)
         last = self.chain.index.get(BlockHeader.parse(raw_headers[-1]).hash) if raw_headers else None
         if last is not None and last.height > peer.height:
-            peer.height, peer.tip_hash = last.height, last.hash
+            self._set_peer_tip(peer, last.height, last.hash)
         if raw_headers:
             self.log.info("sync progress", peer=peer.name, headers=len(raw_headers), height=self.chain.height,
                           best_header=self.chain.best_header.height)
@@ -677,7 +681,7 @@ class Node:
             self._accept_block(block, peer, relay=True)
             entry = self.chain.index.get(block.hash)
             if entry is not None and entry.status != INVALID and entry.height > peer.height:
-                peer.height, peer.tip_hash = entry.height, entry.hash
+                self._set_peer_tip(peer, entry.height, entry.hash)
 
     def _accept_tx_from_peer(self, raw: bytes, peer: Peer, relay: bool) -> str:
         try:
