@@ -23,6 +23,7 @@ from zcoin.consensus.validation import (
     Coin,
     MemoryUtxoSet,
     UtxoDiff,
+    UtxoView,
     check_block,
     connect_block,
     genesis_diff,
@@ -35,6 +36,28 @@ DEV_KEYS = {PARAMS.dev_pubkey(i): dev_secret_key(i) for i in range(PARAMS.dev_ac
 MINER_PUBKEY = PARAMS.dev_pubkey(9)  # coinbases pay account 9 (immature anyway, so never spent here)
 NOW = PARAMS.genesis_time + 10_000_000  # a wall clock far enough ahead of every block time used here
 FEE = 1_000
+
+
+def block_fees(txs: list[Transaction], view: UtxoView, *, missing_ok: bool = False) -> int:
+    """Inputs minus outputs of ``txs``, reading coins from ``view`` or from earlier ``txs``.
+
+    ``missing_ok`` counts a coin found nowhere as 0 (for blocks meant to be invalid).
+    """
+    created: dict[OutPoint, int] = {}
+    fees = 0
+    for tx in txs:
+        total_in = 0
+        for txin in tx.inputs:
+            if txin.prev in created:
+                total_in += created.pop(txin.prev)
+            else:
+                coin = view.get_coin(txin.prev)
+                if coin is None and not missing_ok:
+                    raise KeyError(f"no coin {txin.prev}")
+                total_in += coin.amount if coin else 0
+        fees += total_in - sum(o.amount for o in tx.outputs)
+        created.update({OutPoint(tx.txid, i): o.amount for i, o in enumerate(tx.outputs)})
+    return fees
 
 
 def dev_outpoint(index: int, params: ChainParams = PARAMS) -> OutPoint:
@@ -112,19 +135,7 @@ class Builder:
 
     def fees(self, txs: Iterable[Transaction]) -> int:
         """Inputs minus outputs of ``txs`` in order, coins read from the tip or earlier ``txs``."""
-        created: dict[OutPoint, int] = {}
-        fees = 0
-        for tx in txs:
-            total_in = 0
-            for txin in tx.inputs:
-                if txin.prev in created:
-                    total_in += created.pop(txin.prev)
-                else:
-                    coin = self.utxo.get_coin(txin.prev)
-                    total_in += coin.amount if coin else 0
-            fees += total_in - sum(o.amount for o in tx.outputs)
-            created.update({OutPoint(tx.txid, i): o.amount for i, o in enumerate(tx.outputs)})
-        return fees
+        return block_fees(list(txs), self.utxo, missing_ok=True)
 
     def make_block(self, txs: Iterable[Transaction] = (), *, fees: int | None = None) -> Block:
         """A solved child of the tip over ``txs`` (not appended)."""

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from chainutil import block_fees
 from zcoin.consensus.builders import BlockTemplate, new_template, sign_transaction, solve
 from zcoin.consensus.crypto import merkle_root, schnorr_pubkey
 from zcoin.consensus.params import REGTEST, ChainParams, dev_secret_key
@@ -35,7 +36,6 @@ from zcoin.consensus.validation import (
     HeaderContext,
     MemoryUtxoSet,
     UtxoDiff,
-    UtxoView,
     check_block,
     check_header_context,
     connect_block,
@@ -145,22 +145,6 @@ def pay(outpoint: OutPoint, key: bytes, amounts: list[int], to: list[bytes] | No
     payees = to if to is not None else [MINER_PUBKEY] * len(amounts)
     outputs = [TxOut(a, p) for a, p in zip(amounts, payees, strict=True)]
     return sign_transaction([(outpoint, key)], outputs, aux32=bytes(32))  # deterministic, so reproducible
-
-
-def block_fees(txs: list[Transaction], view: UtxoView) -> int:
-    """Inputs minus outputs of ``txs``, reading coins from ``view`` or from earlier ``txs``."""
-    created: dict[OutPoint, int] = {}
-    fees = 0
-    for tx in txs:
-        total_in = 0
-        for txin in tx.inputs:
-            if txin.prev in created:
-                total_in += created.pop(txin.prev)
-            else:
-                total_in += view.get_coin(txin.prev).amount
-        fees += total_in - sum(o.amount for o in tx.outputs)
-        created.update({OutPoint(tx.txid, i): o.amount for i, o in enumerate(tx.outputs)})
-    return fees
 
 
 def grind(header: BlockHeader, *, winning: bool = True) -> BlockHeader:

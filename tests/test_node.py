@@ -253,7 +253,7 @@ def test_blocks_a_peer_stalled_on_are_asked_of_it_again_once_it_announces_more(c
     """Mallory is the only source of its chain.  It stalls once: the node stops waiting (it is
     synced with what it can get, and holds the stall against mallory) and asks again after
     mallory announces a new block, whichever way the announcement comes."""
-    node = cluster.add_node("a", request_timeout_s=0.5)
+    cluster.add_node("a", request_timeout_s=0.5)
     theirs = Builder()
     theirs.mine_empty(3)
     mallory = HostilePeer(cluster)

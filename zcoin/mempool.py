@@ -38,18 +38,10 @@ MAX_CONSECUTIVE_FAILURES = 1000
 NEARLY_FULL_BYTES = 1000
 
 
-class MempoolReject(ValueError):
+class MempoolReject(E.Rejection):
     """A transaction the pool will not take though it may be valid (policy)."""
 
     code = "mempool-reject"
-
-    def __init__(self, message: str, **data) -> None:
-        super().__init__(message)
-        self.data = data
-
-    @property
-    def reason(self) -> str:
-        return f"{self.code}: {self.args[0]}"
 
 
 class TxAlreadyKnown(MempoolReject):

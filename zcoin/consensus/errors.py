@@ -12,10 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 
-class ValidationError(ValueError):
-    """Root of every consensus error."""
+class Rejection(ValueError):
+    """Something a node refuses, with a short ``code`` and the data given at raise time.
 
-    code = "invalid"
+    The common base of consensus errors (:class:`ValidationError`) and of the
+    mempool's policy refusals, which are not consensus errors: a peer is never
+    penalised for those.
+    """
+
+    code = "rejected"
 
     def __init__(self, message: str = "", **data: Any) -> None:
         super().__init__(message or self.__doc__ or self.code)
@@ -25,6 +30,12 @@ class ValidationError(ValueError):
     def reason(self) -> str:
         """``code: message`` - one line fit for a log or a reply."""
         return f"{self.code}: {self.args[0]}"
+
+
+class ValidationError(Rejection):
+    """Root of every consensus error."""
+
+    code = "invalid"
 
 
 class DecodeError(ValidationError):
