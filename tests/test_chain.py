@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from chainutil import (
     premine_spend,
     spend_output,
 )
-from zcoin.chain import MAX_LOCATOR_HASHES, BlockInvalidAncestor, OrphanPool, UnknownParent
+from zcoin.chain import MAX_LOCATOR_HASHES, BlockInvalidAncestor, Chain, OrphanPool, UnknownParent
 from zcoin.consensus import errors as E
 from zcoin.consensus.pow import bits_to_target, hash_meets_target
 from zcoin.consensus.primitives import Block, OutPoint, Transaction
@@ -422,6 +423,8 @@ def test_blocks_to_fetch_toward_a_chosen_tip_skips_what_it_is_told_and_follows_r
     assert chain.blocks_to_fetch(target=ours_tip) == [b.hash for b in ours.blocks[7:]]
     assert chain.blocks_to_fetch(3, target=ours_tip, skip={ours.blocks[8].hash}) == \
         [ours.blocks[7].hash, ours.blocks[9].hash, ours.blocks[10].hash]
+    assert chain.blocks_to_fetch(target=ours_tip, stop={ours.blocks[9].hash}) == \
+        [ours.blocks[7].hash, ours.blocks[8].hash]  # nothing past a body its source failed to send
 
     # The remembered path shrinks as the active chain grows along it...
     add_all(chain, ours.blocks[7:10])
@@ -434,6 +437,41 @@ def test_blocks_to_fetch_toward_a_chosen_tip_skips_what_it_is_told_and_follows_r
     assert chain.blocks_to_fetch(target=theirs_tip) == []
     assert chain.blocks_to_fetch(target=ours_tip) == [b.hash for b in ours.blocks[10:]]
     assert chain.index[ours.blocks[5].hash].status == HAVE_DATA  # disconnected, kept, not wanted again
+    store.close()
+
+
+def test_a_store_failure_during_a_connect_leaves_memory_as_the_rolled_back_store(tmp_path, monkeypatch):
+    # Disk full or an I/O error in the middle of a reorg: the SQL transaction rolls back the
+    # body and every connect, and the chain in memory must say the same as the store.
+    ours = _chain_of(8)
+    theirs = ours.fork(4, b"theirs")
+    theirs.mine_empty(5)  # height 9: more work, a reorg of four blocks
+    store, chain = open_chain(tmp_path / "chain.sqlite")
+    add_all(chain, ours.blocks)
+    add_all(chain, theirs.blocks[5:-1])
+    before = (chain.tip.hash, store.utxo_snapshot())
+    connects = []
+
+    def failing_connect(*args):
+        connects.append(args)
+        if len(connects) == 3:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_connect(*args)
+
+    real_connect = store.connect
+    monkeypatch.setattr(store, "connect", failing_connect)
+    with pytest.raises(sqlite3.OperationalError):
+        chain.add_block(theirs.tip, NOW)
+    assert len(connects) == 3  # two blocks of theirs were connected in memory before the failure
+    assert (chain.tip.hash, store.utxo_snapshot()) == before
+    assert theirs.tip.hash not in chain.index  # its body and header were rolled back too
+    fresh = Chain(store, PARAMS)
+    assert chain.active == fresh.active
+    assert {h: e.status for h, e in chain.index.items()} == {h: e.status for h, e in fresh.index.items()}
+
+    monkeypatch.setattr(store, "connect", real_connect)  # the disk has room again
+    assert chain.add_block(theirs.tip, NOW).reorg_depth == 4
+    assert chain.tip.hash == theirs.tip.hash and store.utxo_snapshot() == theirs.coins()
     store.close()
 
 

@@ -249,29 +249,30 @@ def test_replies_are_matched_to_requests_by_id_and_a_reply_to_nothing_is_penalis
         mallory.close()
 
 
-def test_blocks_a_peer_stalled_on_are_asked_of_it_again_once_it_announces_more(cluster):
-    """Mallory is the only source of its chain.  It stalls once: the node stops waiting (it is
-    synced with what it can get, and holds the stall against mallory) and asks again after
-    mallory announces a new block, whichever way the announcement comes."""
+def test_blocks_a_peer_stalled_on_are_asked_of_it_again_only_once_it_shows_more_work(cluster):
+    """Mallory is the only source of its chain and stalls once: the node stops waiting (it is
+    synced with what it can get, and holds the stall against mallory).  Naming other tips it
+    already knows does not get mallory asked again; a block with more work does."""
     cluster.add_node("a", request_timeout_s=0.5)
     theirs = Builder()
     theirs.mine_empty(3)
     mallory = HostilePeer(cluster)
-    shown = {"tip": theirs.blocks[2]}  # mallory's tip: block 2, then block 3
+    shown = {"tips": [theirs.blocks[2]]}  # what mallory's tip replies name, in turn
+    served = {"get_tip": 0}
     asked_for_blocks = []
 
     def serve(stall: bool) -> None:
         while mallory.api.poll(0):
             identity, request_id, payload = mallory.api.recv_multipart()
             msg = wire.decode(payload)
-            tip = shown["tip"]
             if msg.type == "get_tip":
+                tip = shown["tips"][served["get_tip"] % len(shown["tips"])]
+                served["get_tip"] += 1
                 height = theirs.blocks.index(tip)
                 reply = wire.encode("tip", node="mallory", height=height, hash=tip.hash,
                                     work=(block_work(tip.header.bits) * (height + 1)).to_bytes(32, "big"))
             elif msg.type == "get_headers":
-                upto = theirs.blocks.index(tip)
-                reply = wire.encode("headers", headers=[b.header.serialize() for b in theirs.blocks[1:upto + 1]])
+                reply = wire.encode("headers", headers=[b.header.serialize() for b in theirs.blocks[1:3]])
             elif msg.type == "get_blocks":
                 asked_for_blocks.append(msg["hashes"])
                 if stall:
@@ -289,21 +290,70 @@ def test_blocks_a_peer_stalled_on_are_asked_of_it_again_once_it_announces_more(c
             return bool(entry and entry["score"] > 0)
 
         wait_until(stalled_once, what="a holds the stall against mallory")
-        assert asked_for_blocks[0] == [b.hash for b in theirs.blocks[1:3]]
+        assert asked_for_blocks == [[b.hash for b in theirs.blocks[1:3]]]
         wait_until(lambda: cluster.status("a")["synced"], what="a stops waiting for what mallory withholds")
         assert cluster.status("a")["height"] == 0 and cluster.status("a")["best_header"] == 2
 
-        shown["tip"] = theirs.blocks[3]
-        mallory.gossip_block(theirs.blocks[3])  # an orphan to a: it asks for headers, then bodies
+        # Flipping between tips a knows is no reason to ask again.
+        shown["tips"] = [theirs.blocks[1], theirs.blocks[2]]
+        flips_from = served["get_tip"]
+
+        def flipped_four_times() -> bool:
+            serve(stall=True)
+            return served["get_tip"] >= flips_from + 4
+
+        wait_until(flipped_four_times, what="four more tip rounds")
+        assert len(asked_for_blocks) == 1 and cluster.status("a")["synced"]
+
+        # Block 3 is more work (its proof of work is real): a asks mallory again and gets it all.
+        mallory.gossip_block(theirs.blocks[3])
 
         def caught_up() -> bool:
             serve(stall=False)
             if len(asked_for_blocks) == 1:
-                mallory.gossip_block(theirs.blocks[3])  # repeated: slow joiner
+                mallory.gossip_block(theirs.blocks[3])  # repeated: the SUB may still be joining
             return cluster.status("a")["height"] == 3
 
-        wait_until(caught_up, what="a fetches mallory's chain once it announced more")
+        wait_until(caught_up, what="a fetches mallory's chain once it showed more work")
         assert cluster.tip("a")[1] == theirs.tip.hash
+    finally:
+        mallory.close()
+
+
+def test_a_claim_of_more_work_without_headers_neither_stops_a_synced_node_nor_is_asked_twice(cluster):
+    cluster.add_node("a", request_timeout_s=0.5)
+    wait_until(lambda: cluster.status("a")["synced"], what="a synced on its own chain")
+    mallory = HostilePeer(cluster)
+    claim = wire.encode("tip", node="mallory", height=10**6, hash=bytes(range(32)), work=(2**200).to_bytes(32, "big"))
+    seen = {"get_tip": 0, "get_headers": 0}
+    was_synced = []
+
+    def ignore_headers() -> None:
+        while mallory.api.poll(0):
+            identity, request_id, payload = mallory.api.recv_multipart()
+            kind = wire.decode(payload).type
+            seen[kind] = seen.get(kind, 0) + 1
+            if kind == "get_tip":
+                mallory.api.send_multipart([identity, request_id, claim])
+        was_synced.append(cluster.status("a")["synced"])
+
+    try:
+        def stall_held_against_mallory() -> bool:
+            ignore_headers()
+            entry = _peer_entry(cluster, "a", "mallory")
+            return bool(entry and entry["score"] > 0)
+
+        wait_until(stall_held_against_mallory, what="a penalises mallory for never sending headers")
+        assert seen["get_headers"] == 1
+        tips_from = seen["get_tip"]
+
+        def four_more_tip_rounds() -> bool:
+            ignore_headers()
+            return seen["get_tip"] >= tips_from + 4
+
+        wait_until(four_more_tip_rounds, what="four more tip rounds")
+        assert seen["get_headers"] == 1  # the same unbacked claim is not chased again
+        assert all(was_synced), "a costless claim made a synced node stop (it would stop mining)"
     finally:
         mallory.close()
 

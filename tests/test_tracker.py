@@ -577,7 +577,7 @@ _FIELD_VALUES = st.one_of(
 _MESSAGE_MAPS = st.one_of(
     st.dictionaries(st.one_of(st.text(max_size=8), _INTS), _FIELD_VALUES, max_size=6),
     st.fixed_dictionaries(
-        {"v": st.sampled_from([wire.PROTOCOL_VERSION, 0, 2, "1", None]),
+        {"v": st.sampled_from([wire.PROTOCOL_VERSION, 0, wire.PROTOCOL_VERSION + 1, "2", None]),
          "t": st.sampled_from(["join", "ack", "heartbeat", "leave", "get_list", "list", "welcome", "error", "x"])},
         optional={"node": _FIELD_VALUES, "gossip": _FIELD_VALUES, "api": _FIELD_VALUES, "token": _FIELD_VALUES,
                   "extra": _FIELD_VALUES},

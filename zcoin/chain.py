@@ -46,7 +46,7 @@ from zcoin.wire import MAX_HEADERS_PER_REPLY
 MAX_ORPHAN_BLOCKS = 256
 MAX_ORPHAN_BYTES = 32 * 1024 * 1024
 MAX_LOCATOR_HASHES = 64
-MAX_CACHED_GAPS = 64  # sync targets (peer tips) whose path from the active chain is kept
+MAX_CACHED_GAPS = 16  # sync targets (peer tips) whose path from the active chain is kept
 
 
 class BlockInvalidAncestor(E.InvalidBlock):
@@ -175,6 +175,11 @@ class Chain:
         self.store = store
         self.params = params
         self.orphans = orphans if orphans is not None else OrphanPool()  # an empty pool is falsy
+        self._load()
+
+    def _load(self) -> None:
+        """Read the block index and the active chain from the store."""
+        store = self.store
         self._seq = itertools.count()
         self.index: dict[bytes, IndexEntry] = {}
         for row in store.load_index():
@@ -274,19 +279,23 @@ class Chain:
         return [self.index[h].header for h in self.active[start + 1:end]]
 
     def blocks_to_fetch(self, limit: int = 128, target: IndexEntry | None = None,
-                        skip: Collection[bytes] = ()) -> list[bytes]:
+                        skip: Collection[bytes] = (), stop: Collection[bytes] = ()) -> list[bytes]:
         """Bodies missing on the way from the active chain to ``target``, oldest first.
 
-        ``target`` defaults to the best known header; a node asks with each peer's tip, since
-        only that peer is known to have those bodies.  Bodies that came out of order are passed
-        over, hashes in ``skip`` too, and nothing past an invalid block is wanted.
+        ``target`` defaults to the best known header; a node asks with what each peer has
+        shown it, since only that peer is known to have those bodies.  Bodies that came out
+        of order are passed over, hashes in ``skip`` too (asked of someone already); the walk
+        ends at a missing body in ``stop`` (its source failed us) and at an invalid block.
         """
         missing: list[bytes] = []
         for entry in self._gap(target or self.best_header):
             if entry.status == INVALID or len(missing) >= limit:
                 break
-            if entry.status == HEADER_ONLY and entry.hash not in skip:
-                missing.append(entry.hash)
+            if entry.status == HEADER_ONLY:
+                if entry.hash in stop:
+                    break
+                if entry.hash not in skip:
+                    missing.append(entry.hash)
         return missing
 
     def _gap(self, target: IndexEntry) -> list[IndexEntry]:
@@ -300,18 +309,20 @@ class Chain:
             start = 0
             while start < len(path) and self.in_active_chain(path[start].hash):
                 start += 1
-            path = path[start:]
-            if path and not self.in_active_chain(path[0].prev_hash):
-                path = None
+            if start:
+                path = self._gaps[target.hash] = path[start:]
+            if path and not self.in_active_chain(path[0].prev_hash) \
+                    or not path and not self.in_active_chain(target.hash):
+                path = None  # the active chain moved off the way to the target
         if path is None:
             path, entry = [], target
             while not self.in_active_chain(entry.hash):
                 path.append(entry)
                 entry = self.index[entry.prev_hash]
             path.reverse()
-        if len(self._gaps) >= MAX_CACHED_GAPS:
-            self._gaps.clear()
-        self._gaps[target.hash] = path
+            if len(self._gaps) >= MAX_CACHED_GAPS:
+                self._gaps.clear()
+            self._gaps[target.hash] = path
         return path
 
     # --- adding ------------------------------------------------------------------
@@ -394,11 +405,16 @@ class Chain:
         if entry is None:
             entry = self._new_entry(block.header, parent, HAVE_DATA)
         entry.status = HAVE_DATA
-        with self.store.transaction():  # the body and what it connects: one commit, one fsync
-            self.store.put_block(block, entry.height, entry.chain_work)
-            if entry.chain_work > self.tip.chain_work:
-                self._candidates.add(block_hash)
-            update = self._activate_best_chain(just_received=block)
+        try:
+            with self.store.transaction():  # the body and what it connects: one commit, one fsync
+                self.store.put_block(block, entry.height, entry.chain_work)
+                if entry.chain_work > self.tip.chain_work:
+                    self._candidates.add(block_hash)
+                update = self._activate_best_chain(just_received=block)
+        except Exception:
+            # The store rolled back (disk full, I/O error...): memory must not keep what it lost.
+            self._load()
+            raise
         for bad_hash, exc in update.invalid:
             if bad_hash == block_hash:
                 raise exc

@@ -6,6 +6,8 @@ errors are one line on stderr (``click.ClickException``), never a traceback.
 
 from __future__ import annotations
 
+import sqlite3
+
 import click
 
 from zcoin.log import setup_logging
@@ -185,7 +187,10 @@ def miner_command(config_path, name, network, trackers, data_dir, api, gossip, w
         raise
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
     signal.signal(signal.SIGINT, lambda *_: node.stop())
-    node.run()
+    try:
+        node.run()
+    except sqlite3.Error as exc:  # disk full, I/O error: every write was rolled back, so a restart is safe
+        _fail(f"{name}: the chain store failed ({exc}); stopped, the store is consistent")
 
 
 def _client(endpoint: str, timeout_s: float):

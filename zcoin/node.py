@@ -33,6 +33,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Collection
@@ -44,7 +45,7 @@ import zmq
 from loguru import logger
 
 from zcoin import wire
-from zcoin.chain import Chain, UnknownParent
+from zcoin.chain import Chain, IndexEntry, UnknownParent
 from zcoin.consensus import errors as E
 from zcoin.consensus.crypto import sha256d
 from zcoin.consensus.params import ChainParams
@@ -108,12 +109,15 @@ class Peer:
     last_seq: int | None = None
     height: int = -1
     tip_hash: bytes = b""
-    work: int = -1
+    work: int = -1  # height, tip_hash and work are what it claims; ``known`` is what it has shown
     answered: bool = False  # has answered a tip request since we connected
+    known: IndexEntry | None = None  # the most-work header it sent or announced (Bitcoin's pindexBestKnownBlock)
+    unbacked_tip: bytes = b""  # a claimed tip whose headers it did not send
     pending: dict = field(default_factory=dict)  # request id -> (type, time sent, hashes asked), oldest first
     last_request_id: int = 0
     inflight: set = field(default_factory=set)  # hashes of blocks asked of this peer
     unserved: set = field(default_factory=set)  # blocks it announced, was asked for and did not send
+    unserved_work: int = 0  # the work it had shown when it failed to send them
     score: int = 0
     banned_until: float = 0.0
     fetching_headers: bool = False
@@ -444,24 +448,32 @@ class Node:
 
     def _check_stalls(self, peer: Peer, now: float) -> None:
         oldest = next(iter(peer.pending.values()), None)
-        if oldest is not None and now - oldest[1] > self.config.request_timeout_s:
-            # A silent peer: forget what we asked (another peer is asked instead) and
-            # replace the DEALER, dropping whatever is still queued for it.
-            waiting_for = oldest[0]
-            if peer.inflight:  # another peer is asked for them, or, with none, we stop waiting
-                peer.unserved.update(peer.inflight)
-                self.penalise(peer, PENALTY_STALL, f"stalled on {len(peer.inflight)} blocks")
-            else:
-                self.log.info("peer stalled", peer=peer.name, waiting_for=waiting_for)
-            peer.pending.clear()
-            peer.inflight.clear()
-            peer.fetching_headers = False
-            peer.dealer.close(linger=0)
-            self.poller.unregister(peer.dealer)
-            self.sock_owner.pop(peer.dealer, None)
-            peer.dealer = self._open_dealer(peer.info.api)
-            self.sock_owner[peer.dealer] = peer
-            self.poller.register(peer.dealer, zmq.POLLIN)
+        if oldest is None or now - oldest[1] <= self.config.request_timeout_s:
+            return
+        # A silent peer: forget what we asked (another peer is asked instead) and replace
+        # the DEALER, dropping whatever is still queued for it.  Only what it failed to
+        # answer in time is held against it.
+        late = [(kind, asked) for kind, sent, asked in peer.pending.values()
+                if now - sent > self.config.request_timeout_s]
+        blocks = [h for kind, asked in late if kind == "get_blocks" for h in asked]
+        headers = any(kind == "get_headers" for kind, _ in late)
+        if headers and peer.tip_hash not in self.chain.index:
+            peer.unbacked_tip = peer.tip_hash
+        if blocks:
+            self._mark_unserved(peer, blocks)
+        if blocks or headers:
+            self.penalise(peer, PENALTY_STALL, f"stalled on {len(blocks)} blocks" if blocks else "stalled on headers")
+        else:
+            self.log.info("peer stalled", peer=peer.name, waiting_for=oldest[0])
+        peer.pending.clear()
+        peer.inflight.clear()
+        peer.fetching_headers = False
+        peer.dealer.close(linger=0)
+        self.poller.unregister(peer.dealer)
+        self.sock_owner.pop(peer.dealer, None)
+        peer.dealer = self._open_dealer(peer.info.api)
+        self.sock_owner[peer.dealer] = peer
+        self.poller.register(peer.dealer, zmq.POLLIN)
 
     def _update_synced(self, now: float) -> None:
         was = self.synced
@@ -507,15 +519,19 @@ class Node:
                 self._request(peer, "get_blocks", hashes=batch)
 
     def _blocks_from(self, peer: Peer, limit: int, skip: Collection[bytes] = ()) -> list[bytes]:
-        """Bodies on the peer's chain that would give us more work and that it has not failed to send."""
-        tip = self.chain.index.get(peer.tip_hash)
-        if tip is None or tip.chain_work <= self.chain.tip.chain_work:
+        """Bodies on the chain the peer has shown us that would give us more work, oldest first.
+
+        The walk stops at a block the peer failed to send: without it, later ones cannot connect.
+        """
+        known = peer.known
+        if known is None or known.chain_work <= self.chain.tip.chain_work:
             return []
-        unwanted = peer.unserved | set(skip) if skip else peer.unserved
-        return self.chain.blocks_to_fetch(limit, target=tip, skip=unwanted)
+        return self.chain.blocks_to_fetch(limit, target=known, skip=skip, stop=peer.unserved)
 
     def _fetching_headers_for_more_work(self, peer: Peer) -> bool:
-        return peer.fetching_headers and peer.work > self.chain.tip.chain_work \
+        # Only a node that has never been synced waits for headers: a claim costs nothing,
+        # so once mining, a node stops only for bodies it can fetch (headers with real work).
+        return not self._ever_synced and peer.fetching_headers and peer.work > self.chain.tip.chain_work \
             and peer.tip_hash not in self.chain.index
 
     def _request_headers(self, peer: Peer) -> None:
@@ -565,20 +581,38 @@ class Node:
         """
         if any(self.chain.has_block(h) or h not in self.chain.index for h in asked):
             return
-        peer.unserved.update(asked)
+        self._mark_unserved(peer, asked)
         self.penalise(peer, PENALTY_STALL, f"sent none of the {len(asked)} blocks asked for")
 
     @staticmethod
-    def _set_peer_tip(peer: Peer, height: int, tip_hash: bytes) -> None:
-        if tip_hash != peer.tip_hash:
-            peer.unserved.clear()  # a new tip: what it could not send before may have come since
-        peer.height, peer.tip_hash = height, tip_hash
+    def _mark_unserved(peer: Peer, hashes: list[bytes]) -> None:
+        peer.unserved.update(hashes)
+        peer.unserved_work = peer.known.chain_work if peer.known is not None else 0
+
+    @staticmethod
+    def _peer_has(peer: Peer, entry: IndexEntry | None) -> None:
+        """Note a header the peer sent or a block it announced (not an invalid one)."""
+        if entry is None or entry.status == INVALID:
+            return
+        if peer.known is None or entry.chain_work > peer.known.chain_work:
+            peer.known = entry
+            peer.height = max(peer.height, entry.height)
+        if peer.unserved and entry.chain_work > peer.unserved_work:
+            # It has shown more work since: what it could not send then may have come.  (Only
+            # more work, which costs proof of work, lets it be asked again: flipping between
+            # tips we know would otherwise have us wait on a withholder again and again.)
+            peer.unserved.clear()
 
     def _on_tip(self, peer: Peer, msg: wire.Message) -> None:
-        self._set_peer_tip(peer, msg["height"], msg["hash"])
+        if msg["hash"] != peer.tip_hash:
+            peer.unbacked_tip = b""
+        peer.height, peer.tip_hash = msg["height"], msg["hash"]
         peer.work = int.from_bytes(msg["work"], "big")
         peer.answered = True
-        if peer.work > self.chain.tip.chain_work and peer.tip_hash not in self.chain.index:
+        entry = self.chain.index.get(peer.tip_hash)
+        if entry is not None:
+            self._peer_has(peer, entry)
+        elif peer.work > self.chain.tip.chain_work and peer.tip_hash != peer.unbacked_tip:
             self._request_headers(peer)
 
     def _on_headers(self, peer: Peer, msg: wire.Message) -> None:
@@ -586,10 +620,10 @@ class Node:
         raw_headers = msg["headers"]
         now = int(time.time())
         with self.store.transaction():  # one commit for the whole reply, not one per header
-            self._add_headers(peer, raw_headers, now)
-        last = self.chain.index.get(BlockHeader.parse(raw_headers[-1]).hash) if raw_headers else None
-        if last is not None and last.height > peer.height:
-            self._set_peer_tip(peer, last.height, last.hash)
+            last = self._add_headers(peer, raw_headers, now)
+        self._peer_has(peer, last)
+        if len(raw_headers) < MAX_HEADERS_PER_REPLY and peer.tip_hash not in self.chain.index:
+            peer.unbacked_tip = peer.tip_hash  # all it sent, and not the tip it claimed: stop asking
         if raw_headers:
             self.log.info("sync progress", peer=peer.name, headers=len(raw_headers), height=self.chain.height,
                           best_header=self.chain.best_header.height)
@@ -598,20 +632,23 @@ class Node:
             self._request(peer, "get_headers", locator=[last.hash] + self.chain.locator()[:63])
         self._fetch_blocks()
 
-    def _add_headers(self, peer: Peer, raw_headers: list[bytes], now: int) -> None:
+    def _add_headers(self, peer: Peer, raw_headers: list[bytes], now: int) -> IndexEntry | None:
+        """Index the headers in order up to the first bad one; return the last one indexed."""
+        last = None
         for raw in raw_headers:
             try:
                 header = BlockHeader.parse(raw)
-                self.chain.add_header(header, now)
+                last = self.chain.add_header(header, now)
             except UnknownParent:
                 self.penalise(peer, PENALTY_MALFORMED, "headers do not connect")
-                return
+                break
             except E.BlockTimeTooNew as exc:  # a clock ahead of ours, not misbehaviour: try again later
                 self.log.info("header from the future", peer=peer.name, reason=exc.reason)
-                return
+                break
             except E.ValidationError as exc:
                 self.penalise(peer, PENALTY_INVALID_BLOCK, f"invalid header: {exc.reason}")
-                return
+                break
+        return last
 
     def _on_blocks(self, peer: Peer, msg: wire.Message) -> None:
         for raw in msg["blocks"]:
@@ -679,9 +716,7 @@ class Node:
                 self.penalise(peer, PENALTY_MALFORMED, f"undecodable block: {exc}")
                 return
             self._accept_block(block, peer, relay=True)
-            entry = self.chain.index.get(block.hash)
-            if entry is not None and entry.status != INVALID and entry.height > peer.height:
-                self._set_peer_tip(peer, entry.height, entry.hash)
+            self._peer_has(peer, self.chain.index.get(block.hash))
 
     def _accept_tx_from_peer(self, raw: bytes, peer: Peer, relay: bool) -> str:
         try:
@@ -819,6 +854,8 @@ class Node:
         except wire.WireError as exc:
             self._score_client(identity, PENALTY_MALFORMED, exc.reason)
             reply = wire.encode("error", reason=exc.reason, detail=exc.detail[:1024])
+        except sqlite3.Error:
+            raise  # the chain store failed (disk full, I/O error): stop, as Bitcoin's AbortNode does
         except Exception as exc:  # a handler bug must not take the node down
             self.log.exception("api handler failed")
             reply = wire.encode("error", reason="internal", detail=type(exc).__name__)

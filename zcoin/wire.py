@@ -24,7 +24,7 @@ from typing import Any
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: miners' requests carry a request id in the ZeroMQ envelope
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # Bitcoin's cap on one P2P message
 
 

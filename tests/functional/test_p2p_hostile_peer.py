@@ -112,8 +112,8 @@ def test_hostile_peers_are_penalised_while_honest_nodes_stay_up_on_their_tips(cl
     attacks = {  # attacker -> one round of its misbehaviour
         "garbage": lambda p: (p.gossip_frames(b"block", os.urandom(64)), p.gossip_frames(b"tx", b"\xc1"),
                               p.gossip_frames(b"block", b"a", b"b", b"c")),
-        "wrong-version": lambda p: p.gossip_frames(b"block", p.envelope("gossip_block", version=2, seq=p.next_seq(),
-                                                                         block=valid.raw)),
+        "wrong-version": lambda p: p.gossip_frames(b"block", p.envelope("gossip_block", version=wire.PROTOCOL_VERSION + 1,
+                                                                         seq=p.next_seq(), block=valid.raw)),
         "wrong-topic": lambda p: p.gossip_frames(b"tx", wire.encode("gossip_block", seq=p.next_seq(), block=valid.raw)),
         "near-limit-junk": lambda p: p.gossip_frames(b"block", junk),  # read whole, then found malformed
         "forged-tx": lambda p: p.gossip_tx(forged),
