@@ -16,9 +16,10 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chainutil import Builder
+from chainutil import Builder, add_all, open_chain
 from nodeutil import Cluster, make_block, premine_spend, submit, wait_until
 from zcoin import wire
+from zcoin.wire import MAX_HEADERS_PER_REPLY
 from zcoin.consensus.builders import sign_transaction
 from zcoin.consensus.params import REGTEST, dev_secret_key
 from zcoin.consensus.pow import block_work
@@ -356,6 +357,21 @@ def test_a_claim_of_more_work_without_headers_neither_stops_a_synced_node_nor_is
         assert all(was_synced), "a costless claim made a synced node stop (it would stop mining)"
     finally:
         mallory.close()
+
+
+def test_a_chain_longer_than_one_headers_reply_syncs_to_a_new_node(cluster):
+    blocks = MAX_HEADERS_PER_REPLY + 40
+    builder = Builder()
+    builder.mine_empty(blocks)
+    (cluster.tmp_path / "a").mkdir()
+    store, chain = open_chain(cluster.tmp_path / "a" / "chain.sqlite", synchronous="OFF")
+    add_all(chain, builder.blocks)  # a's store, written before a starts
+    store.close()
+    cluster.add_node("a")
+    assert cluster.tip("a") == (blocks, builder.tip.hash)
+    cluster.add_node("b")
+    wait_until(lambda: cluster.tip("b") == (blocks, builder.tip.hash), 60, "b synced past one headers reply")
+    assert cluster.status("b")["best_header"] == blocks
 
 
 @pytest.fixture(scope="module")
