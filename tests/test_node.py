@@ -280,6 +280,8 @@ def test_blocks_a_peer_stalled_on_are_asked_of_it_again_only_once_it_shows_more_
                     continue
                 by_hash = {b.hash: b.raw for b in theirs.blocks}
                 reply = wire.encode("blocks", blocks=[by_hash[h] for h in msg["hashes"]])
+            elif msg.type == "get_mempool":
+                reply = wire.encode("mempool", txids=[])
             else:
                 continue
             mallory.api.send_multipart([identity, request_id, reply])
@@ -291,8 +293,9 @@ def test_blocks_a_peer_stalled_on_are_asked_of_it_again_only_once_it_shows_more_
             return bool(entry and entry["score"] > 0)
 
         wait_until(stalled_once, what="a holds the stall against mallory")
-        assert asked_for_blocks == [[b.hash for b in theirs.blocks[1:3]]]
+        assert all(batch == [b.hash for b in theirs.blocks[1:3]] for batch in asked_for_blocks)
         wait_until(lambda: cluster.status("a")["synced"], what="a stops waiting for what mallory withholds")
+        asked_before = len(asked_for_blocks)
         assert cluster.status("a")["height"] == 0 and cluster.status("a")["best_header"] == 2
 
         # Flipping between tips a knows is no reason to ask again.
@@ -304,14 +307,14 @@ def test_blocks_a_peer_stalled_on_are_asked_of_it_again_only_once_it_shows_more_
             return served["get_tip"] >= flips_from + 4
 
         wait_until(flipped_four_times, what="four more tip rounds")
-        assert len(asked_for_blocks) == 1 and cluster.status("a")["synced"]
+        assert len(asked_for_blocks) == asked_before and cluster.status("a")["synced"]
 
         # Block 3 is more work (its proof of work is real): a asks mallory again and gets it all.
         mallory.gossip_block(theirs.blocks[3])
 
         def caught_up() -> bool:
             serve(stall=False)
-            if len(asked_for_blocks) == 1:
+            if len(asked_for_blocks) == asked_before:
                 mallory.gossip_block(theirs.blocks[3])  # repeated: the SUB may still be joining
             return cluster.status("a")["height"] == 3
 
@@ -325,7 +328,9 @@ def test_a_claim_of_more_work_without_headers_neither_stops_a_synced_node_nor_is
     cluster.add_node("a", request_timeout_s=0.5)
     wait_until(lambda: cluster.status("a")["synced"], what="a synced on its own chain")
     mallory = HostilePeer(cluster)
+    modest = wire.encode("tip", node="mallory", height=0, hash=bytes(range(32)), work=bytes(32))
     claim = wire.encode("tip", node="mallory", height=10**6, hash=bytes(range(32)), work=(2**200).to_bytes(32, "big"))
+    replies = {"get_tip": modest, "get_mempool": wire.encode("mempool", txids=[])}
     seen = {"get_tip": 0, "get_headers": 0}
     was_synced = []
 
@@ -334,11 +339,18 @@ def test_a_claim_of_more_work_without_headers_neither_stops_a_synced_node_nor_is
             identity, request_id, payload = mallory.api.recv_multipart()
             kind = wire.decode(payload).type
             seen[kind] = seen.get(kind, 0) + 1
-            if kind == "get_tip":
-                mallory.api.send_multipart([identity, request_id, claim])
-        was_synced.append(cluster.status("a")["synced"])
+            if kind in replies:
+                mallory.api.send_multipart([identity, request_id, replies[kind]])
+        if replies["get_tip"] is claim:
+            was_synced.append(cluster.status("a")["synced"])
 
     try:
+        def synced_with_mallory() -> bool:
+            ignore_headers()
+            return seen["get_tip"] >= 2 and cluster.status("a")["synced"]
+
+        wait_until(synced_with_mallory, what="a synced with mallory as a peer")
+        replies["get_tip"] = claim
         def stall_held_against_mallory() -> bool:
             ignore_headers()
             entry = _peer_entry(cluster, "a", "mallory")
