@@ -501,10 +501,10 @@ class Node:
     # --- sync ----------------------------------------------------------------------
 
     def _fetch_blocks(self) -> None:
-        """Ask each peer for bodies we lack on the way to its tip, oldest first, none twice.
+        """Ask each peer for bodies we lack on the way to what it has shown us, oldest first, none twice.
 
         Like Bitcoin's FindNextBlocksToDownload: only the peer that announced a chain is known
-        to have it, so a peer's share comes from its own tip, never from the best header
+        to have it, so a peer's share comes from its own chain, never from our best header
         (which may be a chain only a withholding peer claims).
         """
         inflight = {h for p in self.peers.values() for h in p.inflight}
