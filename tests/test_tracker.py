@@ -29,10 +29,12 @@ from zmq.utils.monitor import recv_monitor_message
 
 from zcoin import wire
 from zcoin.tracker import (
+    BAN_SCORE,
     HEARTBEAT_INTERVAL_S,
     LEASE_MISSES,
     MAX_REQUEST_BYTES,
     MAX_SOCKET_MESSAGE_BYTES,
+    PENALTY_MALFORMED,
     MemberInfo,
     MembershipAgent,
     TrackerServer,
@@ -546,6 +548,21 @@ def test_bad_requests_get_an_error_reply_with_a_reason(start_tracker, client, fr
     assert raw.join("after-bad-input").type == "list"
 
 
+def test_a_connection_sending_malformed_requests_is_ignored_while_others_are_served(start_tracker, client):
+    server = start_tracker()
+    mallory = client(server.endpoint)
+    for _ in range(BAN_SCORE // PENALTY_MALFORMED):
+        assert mallory.send_raw(b"\xc1 garbage").type == "error"  # each one refused, and counted
+    mallory.sock.send(wire.encode("join", node="mallory", gossip=GOSSIP, api=API))
+    assert not mallory.sock.poll(1000), "a banned connection was answered"
+    assert client(server.endpoint).join("honest").type == "list"
+    # A refused but well-formed request is no misbehaviour: a misconfigured miner keeps its answers.
+    clumsy = client(server.endpoint)
+    for _ in range(2 * BAN_SCORE // PENALTY_MALFORMED):
+        assert clumsy.join("has space").type == "error"
+    assert clumsy.join("clumsy").type == "list"
+
+
 def test_multipart_and_huge_messages_do_not_stop_the_tracker(ctx, start_tracker, client, cleanup):
     server = start_tracker()
     dealer = ctx.socket(zmq.DEALER)
@@ -593,7 +610,9 @@ def test_random_frames_never_stop_the_tracker_from_serving_a_join(start_tracker,
     @settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(frame=st.one_of(st.binary(max_size=512), _MESSAGE_MAPS.map(lambda m: msgpack.packb(m, use_bin_type=True))))
     def probe(frame: bytes) -> None:
-        assert raw.send_raw(frame).type in expected
+        fuzzer = client(server.endpoint)  # a fresh connection: malformed input gets a connection banned
+        assert fuzzer.send_raw(frame).type in expected
+        fuzzer.close()
         assert raw.join("fuzz-probe").type == "list"
 
     probe()

@@ -30,7 +30,9 @@ Rules that make it reliable:
   until relisted), so a tracker restart does not shake the miners' mesh.
 * Every request gets exactly one reply; anything invalid gets ``error(reason, detail)``
   and a log line, never a crash.  The tracker binds a ROUTER rather than a REP so a
-  slow or vanished client never blocks it.
+  slow or vanished client never blocks it.  A connection that sends malformed
+  requests (not a refused but well-formed one) collects ``PENALTY_MALFORMED``
+  points; past ``BAN_SCORE`` its requests are dropped unanswered for ``BAN_DURATION_S``.
 * Membership events carry a per-tracker sequence number.  Clients follow the zguide
   *Clone* pattern: subscribe, take a snapshot (LIST), apply only updates newer than
   the snapshot, and take a fresh snapshot when they see a gap (an event, WELCOME or
@@ -85,6 +87,10 @@ CARRY_OVER_LEASES = 2  # leases a client keeps members that a restarted tracker 
 POLL_MAX_S = 0.1  # longest a loop sleeps before looking at its stop flag
 SHUTDOWN_LINGER_MS = 200  # finite linger so shutdown never hangs
 BAD_INPUT_LOG_PER_S = 5  # log lines per second about bad input, the rest are counted
+PENALTY_MALFORMED = 20  # per malformed request, against the connection that sent it
+BAN_SCORE = 100
+BAN_DURATION_S = 60.0
+MAX_SCORED_CLIENTS = 10_000  # bounds the memory a flood of fresh connections can take
 
 _NODE_ID = re.compile(r"[!-~]{1,64}")  # printable ASCII, no spaces
 _TRANSPORTS = ("tcp", "ipc", "inproc", "ws", "wss", "pgm", "epgm", "udp", "vmci")
@@ -256,6 +262,8 @@ class TrackerServer:
         self._seq = 0
         self._pub: zmq.Socket | None = None
         self._bad_input = _RateLimitedLog(BAD_INPUT_LOG_PER_S)
+        self._scores: dict[bytes, int] = {}  # ROUTER identity -> points for malformed requests
+        self._banned: dict[bytes, float] = {}  # ROUTER identity -> end of its ban
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._stop_event: threading.Event | None = None
@@ -370,17 +378,20 @@ class TrackerServer:
         except ValueError:
             cut = 0
         envelope, body = rest[:cut], rest[cut:]
+        if self._is_banned(identity, now):
+            self._bad_input.total += 1
+            return
         if len(body) != 1:
-            reply = self._refuse(now, "malformed", f"expected one frame, got {len(body)}")
+            reply = self._malformed(identity, now, "malformed", f"expected one frame, got {len(body)}")
         else:
             try:
                 msg = wire.decode(body[0], max_bytes=MAX_REQUEST_BYTES)
             except WireError as exc:
-                reply = self._refuse(now, exc.reason, exc.detail)
+                reply = self._malformed(identity, now, exc.reason, exc.detail)
             else:
                 handler = self._handlers.get(msg.type)
                 if handler is None:
-                    reply = self._refuse(now, "unexpected-type", f"{msg.type} is not a tracker request")
+                    reply = self._malformed(identity, now, "unexpected-type", f"{msg.type} is not a tracker request")
                 else:
                     reply = handler(msg, now)
         try:
@@ -388,6 +399,29 @@ class TrackerServer:
             api.send_multipart([identity, *envelope, reply], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             logger.warning("cannot send reply", error=str(exc))
+
+    def _is_banned(self, identity: bytes, now: float) -> bool:
+        until = self._banned.get(identity)
+        if until is None:
+            return False
+        if until > now:
+            return True
+        del self._banned[identity]
+        self._scores.pop(identity, None)
+        return False
+
+    def _malformed(self, identity: bytes, now: float, reason: str, detail: str = "") -> bytes:
+        """Refuse a request that is not even well formed, and hold it against its connection."""
+        if len(self._scores) >= MAX_SCORED_CLIENTS:
+            self._scores.clear()
+        score = self._scores.get(identity, 0) + PENALTY_MALFORMED
+        self._scores[identity] = score
+        if score >= BAN_SCORE:
+            if len(self._banned) >= MAX_SCORED_CLIENTS:  # the ban that ends first goes first
+                del self._banned[next(iter(self._banned))]
+            self._banned[identity] = now + BAN_DURATION_S
+            logger.warning("client banned", client=identity.hex(), seconds=BAN_DURATION_S)
+        return self._refuse(now, reason, detail, client=identity.hex(), score=score)
 
     def _refuse(self, now: float, reason: str, detail: str = "", **fields: Any) -> bytes:
         self._bad_input.warning(now, "request refused", reason=reason, detail=detail[:200], **fields)
