@@ -215,15 +215,20 @@ def test_replies_are_matched_to_requests_by_id_and_a_reply_to_nothing_is_penalis
     try:
         wait_until(lambda: _peer_entry(cluster, "a", "mallory"), what="a connects to mallory")
 
+        waiting: list[list[bytes]] = []  # requests read but not taken yet, in arrival order
+
         def take(kind: str) -> list[bytes]:
-            """The next request of that kind from a (others are left unanswered)."""
+            """The oldest request of that kind from a (the others wait for their turn)."""
             deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                if mallory.api.poll(100):
-                    frames = mallory.api.recv_multipart()
+            while True:
+                for frames in waiting:
                     if wire.decode(frames[-1]).type == kind:
+                        waiting.remove(frames)
                         return frames
-            raise AssertionError(f"no {kind} request from a")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no {kind} request from a")
+                if mallory.api.poll(100):
+                    waiting.append(mallory.api.recv_multipart())
 
         def tip(height: int) -> bytes:  # less work than a's genesis: a does not fetch from mallory
             return wire.encode("tip", node="mallory", height=height, hash=bytes(range(32)), work=bytes(32))
@@ -250,71 +255,91 @@ def test_replies_are_matched_to_requests_by_id_and_a_reply_to_nothing_is_penalis
         mallory.close()
 
 
-def test_blocks_a_peer_stalled_on_are_asked_of_it_again_only_once_it_shows_more_work(cluster):
-    """Mallory is the only source of its chain and stalls once: the node stops waiting (it is
-    synced with what it can get, and holds the stall against mallory).  Naming other tips it
-    already knows does not get mallory asked again; a block with more work does."""
-    cluster.add_node("a", request_timeout_s=0.5)
-    theirs = Builder()
-    theirs.mine_empty(3)
-    mallory = HostilePeer(cluster)
-    shown = {"tips": [theirs.blocks[2]]}  # what mallory's tip replies name, in turn
-    served = {"get_tip": 0}
-    asked_for_blocks = []
+class ChainServer:
+    """Mallory's side for the stall tests: serves ``chain`` (a :class:`Builder`) to the node.
 
-    def serve(stall: bool) -> None:
-        while mallory.api.poll(0):
-            identity, request_id, payload = mallory.api.recv_multipart()
+    Tip replies name ``tips`` in turn, headers go up to block 2, blocks are sent unless
+    ``stall`` (then ``get_blocks`` is only counted).  Called from the test's thread.
+    """
+
+    def __init__(self, mallory: HostilePeer, chain: Builder) -> None:
+        self.mallory = mallory
+        self.chain = chain
+        self.tips = [chain.blocks[2]]
+        self.stall = True
+        self.tip_replies = 0
+        self.asked_for_blocks: list[list[bytes]] = []
+
+    def serve(self) -> None:
+        blocks = self.chain.blocks
+        while self.mallory.api.poll(0):
+            identity, request_id, payload = self.mallory.api.recv_multipart()
             msg = wire.decode(payload)
             if msg.type == "get_tip":
-                tip = shown["tips"][served["get_tip"] % len(shown["tips"])]
-                served["get_tip"] += 1
-                height = theirs.blocks.index(tip)
+                tip = self.tips[self.tip_replies % len(self.tips)]
+                self.tip_replies += 1
+                height = blocks.index(tip)
                 reply = wire.encode("tip", node="mallory", height=height, hash=tip.hash,
                                     work=(block_work(tip.header.bits) * (height + 1)).to_bytes(32, "big"))
             elif msg.type == "get_headers":
-                reply = wire.encode("headers", headers=[b.header.serialize() for b in theirs.blocks[1:3]])
+                reply = wire.encode("headers", headers=[b.header.serialize() for b in blocks[1:3]])
             elif msg.type == "get_blocks":
-                asked_for_blocks.append(msg["hashes"])
-                if stall:
+                self.asked_for_blocks.append(msg["hashes"])
+                if self.stall:
                     continue
-                by_hash = {b.hash: b.raw for b in theirs.blocks}
+                by_hash = {b.hash: b.raw for b in blocks}
                 reply = wire.encode("blocks", blocks=[by_hash[h] for h in msg["hashes"]])
             elif msg.type == "get_mempool":
                 reply = wire.encode("mempool", txids=[])
             else:
                 continue
-            mallory.api.send_multipart([identity, request_id, reply])
+            self.mallory.api.send_multipart([identity, request_id, reply])
 
+
+def _stalled_once(cluster: Cluster, server: ChainServer) -> None:
+    """Let mallory stall on the first blocks a asks for, until a holds it against mallory."""
+    def stalled() -> bool:
+        server.serve()
+        entry = _peer_entry(cluster, "a", "mallory")
+        return bool(entry and entry["score"] > 0)
+
+    wait_until(stalled, what="a holds the stall against mallory")
+    assert all(batch == [b.hash for b in server.chain.blocks[1:3]] for batch in server.asked_for_blocks)
+    wait_until(lambda: cluster.status("a")["synced"], what="a stops waiting for what mallory withholds")
+    assert cluster.status("a")["height"] == 0 and cluster.status("a")["best_header"] == 2
+
+
+def test_blocks_a_peer_stalled_on_are_asked_of_it_again_only_once_it_shows_more_work(cluster):
+    """Mallory is the only source of its chain and stalls once: the node stops waiting (it is
+    synced with what it can get, and holds the stall against mallory).  Naming other tips it
+    already knows does not get mallory asked again; a block with more work does."""
+    cluster.add_node("a", request_timeout_s=1.0)
+    theirs = Builder()
+    theirs.mine_empty(3)
+    mallory = HostilePeer(cluster)
+    server = ChainServer(mallory, theirs)
     try:
-        def stalled_once() -> bool:
-            serve(stall=True)
-            entry = _peer_entry(cluster, "a", "mallory")
-            return bool(entry and entry["score"] > 0)
-
-        wait_until(stalled_once, what="a holds the stall against mallory")
-        assert all(batch == [b.hash for b in theirs.blocks[1:3]] for batch in asked_for_blocks)
-        wait_until(lambda: cluster.status("a")["synced"], what="a stops waiting for what mallory withholds")
-        asked_before = len(asked_for_blocks)
-        assert cluster.status("a")["height"] == 0 and cluster.status("a")["best_header"] == 2
+        _stalled_once(cluster, server)
+        asked_before = len(server.asked_for_blocks)
 
         # Flipping between tips a knows is no reason to ask again.
-        shown["tips"] = [theirs.blocks[1], theirs.blocks[2]]
-        flips_from = served["get_tip"]
+        server.tips = [theirs.blocks[1], theirs.blocks[2]]
+        flips_from = server.tip_replies
 
         def flipped_four_times() -> bool:
-            serve(stall=True)
-            return served["get_tip"] >= flips_from + 4
+            server.serve()
+            return server.tip_replies >= flips_from + 4
 
         wait_until(flipped_four_times, what="four more tip rounds")
-        assert len(asked_for_blocks) == asked_before and cluster.status("a")["synced"]
+        assert len(server.asked_for_blocks) == asked_before and cluster.status("a")["synced"]
 
         # Block 3 is more work (its proof of work is real): a asks mallory again and gets it all.
+        server.stall = False
         mallory.gossip_block(theirs.blocks[3])
 
         def caught_up() -> bool:
-            serve(stall=False)
-            if len(asked_for_blocks) == asked_before:
+            server.serve()
+            if len(server.asked_for_blocks) == asked_before:
                 mallory.gossip_block(theirs.blocks[3])  # repeated: the SUB may still be joining
             return cluster.status("a")["height"] == 3
 
@@ -324,8 +349,30 @@ def test_blocks_a_peer_stalled_on_are_asked_of_it_again_only_once_it_shows_more_
         mallory.close()
 
 
+def test_a_peer_that_stalled_is_asked_again_after_a_back_off_even_without_new_work(cluster):
+    """An honest but slow peer, the only source of a chain it no longer extends, is not given up on."""
+    cluster.add_node("a", request_timeout_s=1.0, retry_after_stall_s=1.0)
+    theirs = Builder()
+    theirs.mine_empty(2)
+    mallory = HostilePeer(cluster)
+    server = ChainServer(mallory, theirs)
+    try:
+        _stalled_once(cluster, server)
+        server.stall = False
+
+        def caught_up() -> bool:
+            server.serve()
+            return cluster.status("a")["height"] == 2
+
+        wait_until(caught_up, what="a asks mallory again after the back-off and takes its chain")
+        assert cluster.tip("a")[1] == theirs.tip.hash
+        assert _peer_entry(cluster, "a", "mallory")["score"] > 0  # the stall still counted
+    finally:
+        mallory.close()
+
+
 def test_a_claim_of_more_work_without_headers_neither_stops_a_synced_node_nor_is_asked_twice(cluster):
-    cluster.add_node("a", request_timeout_s=0.5)
+    cluster.add_node("a", request_timeout_s=1.0)
     wait_until(lambda: cluster.status("a")["synced"], what="a synced on its own chain")
     mallory = HostilePeer(cluster)
     modest = wire.encode("tip", node="mallory", height=0, hash=bytes(range(32)), work=bytes(32))

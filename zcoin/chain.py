@@ -46,7 +46,7 @@ from zcoin.wire import MAX_HEADERS_PER_REPLY
 MAX_ORPHAN_BLOCKS = 256
 MAX_ORPHAN_BYTES = 32 * 1024 * 1024
 MAX_LOCATOR_HASHES = 64
-MAX_CACHED_GAPS = 16  # sync targets (peer tips) whose path from the active chain is kept
+MAX_CACHED_GAPS = 64  # sync targets (peer tips) whose path from the active chain is kept
 
 
 class BlockInvalidAncestor(E.InvalidBlock):
@@ -304,13 +304,13 @@ class Chain:
         Sync asks for this every loop turn, so the path is kept per target and only trimmed
         as the active chain grows along it; a reorg elsewhere makes it walk again.
         """
-        path = self._gaps.get(target.hash)
+        path = self._gaps.pop(target.hash, None)  # put back last: the least recently used goes first
         if path is not None:
             start = 0
             while start < len(path) and self.in_active_chain(path[start].hash):
                 start += 1
             if start:
-                path = self._gaps[target.hash] = path[start:]
+                path = path[start:]
             if path and not self.in_active_chain(path[0].prev_hash) \
                     or not path and not self.in_active_chain(target.hash):
                 path = None  # the active chain moved off the way to the target
@@ -321,8 +321,8 @@ class Chain:
                 entry = self.index[entry.prev_hash]
             path.reverse()
             if len(self._gaps) >= MAX_CACHED_GAPS:
-                self._gaps.clear()
-            self._gaps[target.hash] = path
+                del self._gaps[next(iter(self._gaps))]
+        self._gaps[target.hash] = path
         return path
 
     # --- adding ------------------------------------------------------------------

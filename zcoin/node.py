@@ -68,6 +68,8 @@ PENALTY_MALFORMED = 20
 PENALTY_INVALID_TX = 10
 PENALTY_INVALID_BLOCK = 100
 PENALTY_STALL = 20  # no reply in time, or none of the blocks asked for: a slow peer may do it too
+RETRY_AFTER_STALL_S = 10.0  # first wait before asking a peer again for what it failed to send; doubles
+RETRY_AFTER_STALL_MAX_S = 300.0
 RETEMPLATE_INTERVAL_S = 1.0  # at most this often a richer mempool restarts the mining job
 SYNC_GRACE_S = 3.0  # a node with peers waits this long for their tips before it calls itself synced
 
@@ -97,6 +99,7 @@ class NodeConfig:
     tip_interval_s: float = TIP_INTERVAL_S
     sync_grace_s: float = SYNC_GRACE_S
     request_timeout_s: float = REQUEST_TIMEOUT_S
+    retry_after_stall_s: float = RETRY_AFTER_STALL_S
 
 
 @dataclass(slots=True)
@@ -109,10 +112,13 @@ class Peer:
     last_seq: int | None = None
     height: int = -1
     tip_hash: bytes = b""
-    work: int = -1  # height, tip_hash and work are what it claims; ``known`` is what it has shown
+    work: int = -1  # height, tip_hash and work are what it claims; ``known_hash`` is what it has shown
     answered: bool = False  # has answered a tip request since we connected
-    known: IndexEntry | None = None  # the most-work header it sent or announced (Bitcoin's pindexBestKnownBlock)
+    connected_at: float = field(default_factory=time.monotonic)
+    known_hash: bytes = b""  # the most-work header it sent or announced (Bitcoin's pindexBestKnownBlock)
     unbacked_tip: bytes = b""  # a claimed tip whose headers it did not send
+    stalls: int = 0  # failures to deliver since it last delivered; while > 0 it cannot hold up mining
+    retry_at: float = 0.0  # when what it failed to deliver is asked of it again (doubling back-off)
     pending: dict = field(default_factory=dict)  # request id -> (type, time sent, hashes asked), oldest first
     last_request_id: int = 0
     inflight: set = field(default_factory=set)  # hashes of blocks asked of this peer
@@ -259,7 +265,10 @@ class Node:
     def close(self) -> None:
         """Leave the trackers, stop the pool, close sockets and the store."""
         if self.store is not None and getattr(self, "api", None) is not None:
-            self._flush()
+            try:
+                self._flush()
+            except sqlite3.Error as exc:  # the store failed: the rest must still be shut down
+                self.log.error("could not save the mempool", error=str(exc))
         if self.agent is not None:
             self.agent.stop()
             self.agent = None
@@ -440,6 +449,9 @@ class Node:
                     self._request(peer, "get_tip")
         for peer in list(self.peers.values()):
             self._check_stalls(peer, now)
+            if (peer.unserved or peer.unbacked_tip) and now >= peer.retry_at:
+                peer.unserved.clear()  # a slow but honest peer (the only source, maybe) gets another turn
+                peer.unbacked_tip = b""
         self._update_synced(now)
         self._fetch_blocks()
         if self.pool is not None:
@@ -462,6 +474,7 @@ class Node:
         if blocks:
             self._mark_unserved(peer, blocks)
         if blocks or headers:
+            self._failed_to_deliver(peer, now)
             self.penalise(peer, PENALTY_STALL, f"stalled on {len(blocks)} blocks" if blocks else "stalled on headers")
         else:
             self.log.info("peer stalled", peer=peer.name, waiting_for=oldest[0])
@@ -476,15 +489,23 @@ class Node:
         self.poller.register(peer.dealer, zmq.POLLIN)
 
     def _update_synced(self, now: float) -> None:
+        """Synced: nothing any trusted peer can send would give us more work.
+
+        Before its first sync a node also waits for every member to be connected and to answer
+        its tip (each peer gets ``sync_grace_s``), and for headers of heavier tips.  Once synced,
+        only bodies it can fetch count: a claim costs nothing, headers cost proof of work.  A
+        peer that failed to deliver does not count until it delivers again.
+        """
         was = self.synced
-        if self.agent is not None and self.agent.state == "joining" and not self.peers:
-            self.synced = False
-        else:
-            peers = [p for p in self.peers.values() if not self._banned(p)]
-            answered = [p for p in peers if p.answered]
-            waited = now - self.started_at >= self.config.sync_grace_s
-            behind = any(self._blocks_from(p, 1) or self._fetching_headers_for_more_work(p) for p in answered)
-            self.synced = (not peers or len(answered) == len(peers) or waited) and not behind
+        peers = [p for p in self.peers.values() if not self._banned(p)]
+        behind = any(self._blocks_from(p, 1) for p in peers if p.answered and not p.stalls)
+        if not self._ever_synced and not behind:
+            members = set(self.agent.members()) - {self.name} - self.blocked if self.agent is not None else set()
+            behind = (self.agent is not None and self.agent.state == "joining" and not self.peers) \
+                or bool(members - set(self.peers)) \
+                or any(not p.answered and now - p.connected_at < self.config.sync_grace_s for p in peers) \
+                or any(self._fetching_headers_for_more_work(p) for p in peers)
+        self.synced = not behind
         if self.synced != was:
             # A peer's new block makes us briefly "behind" on every block: only the
             # first catch-up is news.
@@ -523,15 +544,13 @@ class Node:
 
         The walk stops at a block the peer failed to send: without it, later ones cannot connect.
         """
-        known = peer.known
+        known = self.chain.index.get(peer.known_hash)
         if known is None or known.chain_work <= self.chain.tip.chain_work:
             return []
         return self.chain.blocks_to_fetch(limit, target=known, skip=skip, stop=peer.unserved)
 
     def _fetching_headers_for_more_work(self, peer: Peer) -> bool:
-        # Only a node that has never been synced waits for headers: a claim costs nothing,
-        # so once mining, a node stops only for bodies it can fetch (headers with real work).
-        return not self._ever_synced and peer.fetching_headers and peer.work > self.chain.tip.chain_work \
+        return peer.fetching_headers and not peer.stalls and peer.work > self.chain.tip.chain_work \
             and peer.tip_hash not in self.chain.index
 
     def _request_headers(self, peer: Peer) -> None:
@@ -551,11 +570,12 @@ class Node:
         expected, _, asked = peer.pending.pop(request_id)
         for block_hash in asked or ():
             peer.inflight.discard(block_hash)  # delivered now, or to be asked of another peer
-        self._handle_reply(peer, expected, frames)
+        delivered = self._handle_reply(peer, expected, frames)
         if asked:
-            self._note_unserved(peer, asked)
+            self._note_unserved(peer, asked, delivered or set())
 
-    def _handle_reply(self, peer: Peer, expected: str | None, frames: list[bytes]) -> None:
+    def _handle_reply(self, peer: Peer, expected: str | None, frames: list[bytes]) -> set[bytes] | None:
+        """Dispatch a reply; for blocks, return the hashes it carried."""
         try:
             msg = wire.decode(frames[-1])
         except wire.WireError as exc:
@@ -572,35 +592,42 @@ class Node:
         if handler is None:
             self.penalise(peer, PENALTY_MALFORMED, f"unexpected reply {msg.type}")
             return
-        handler(peer, msg)
+        return handler(peer, msg)
 
-    def _note_unserved(self, peer: Peer, asked: list[bytes]) -> None:
+    def _note_unserved(self, peer: Peer, asked: list[bytes], delivered: set[bytes]) -> None:
         """A peer that sent none of the blocks asked for does not have them, whatever it claimed.
 
         (A reply may stop short to stay under the size limit, but it always carries one block.)
         """
-        if any(self.chain.has_block(h) or h not in self.chain.index for h in asked):
+        if delivered.intersection(asked) or any(self.chain.has_block(h) or h not in self.chain.index for h in asked):
+            peer.stalls = 0
             return
         self._mark_unserved(peer, asked)
+        self._failed_to_deliver(peer, time.monotonic())
         self.penalise(peer, PENALTY_STALL, f"sent none of the {len(asked)} blocks asked for")
 
-    @staticmethod
-    def _mark_unserved(peer: Peer, hashes: list[bytes]) -> None:
+    def _mark_unserved(self, peer: Peer, hashes: list[bytes]) -> None:
         peer.unserved.update(hashes)
-        peer.unserved_work = peer.known.chain_work if peer.known is not None else 0
+        known = self.chain.index.get(peer.known_hash)
+        peer.unserved_work = known.chain_work if known is not None else 0
 
-    @staticmethod
-    def _peer_has(peer: Peer, entry: IndexEntry | None) -> None:
+    def _failed_to_deliver(self, peer: Peer, now: float) -> None:
+        peer.stalls += 1
+        delay = min(self.config.retry_after_stall_s * 2 ** min(peer.stalls - 1, 16), RETRY_AFTER_STALL_MAX_S)
+        peer.retry_at = now + delay
+
+    def _peer_has(self, peer: Peer, entry: IndexEntry | None) -> None:
         """Note a header the peer sent or a block it announced (not an invalid one)."""
         if entry is None or entry.status == INVALID:
             return
-        if peer.known is None or entry.chain_work > peer.known.chain_work:
-            peer.known = entry
+        known = self.chain.index.get(peer.known_hash)
+        if known is None or entry.chain_work > known.chain_work:
+            peer.known_hash = entry.hash
             peer.height = max(peer.height, entry.height)
         if peer.unserved and entry.chain_work > peer.unserved_work:
             # It has shown more work since: what it could not send then may have come.  (Only
-            # more work, which costs proof of work, lets it be asked again: flipping between
-            # tips we know would otherwise have us wait on a withholder again and again.)
+            # more work, which costs proof of work, lets it be asked again before its back-off
+            # ends: flipping between tips we know would otherwise have us wait on it again.)
             peer.unserved.clear()
 
     def _on_tip(self, peer: Peer, msg: wire.Message) -> None:
@@ -624,6 +651,7 @@ class Node:
         self._peer_has(peer, last)
         if len(raw_headers) < MAX_HEADERS_PER_REPLY and peer.tip_hash not in self.chain.index:
             peer.unbacked_tip = peer.tip_hash  # all it sent, and not the tip it claimed: stop asking
+            self._failed_to_deliver(peer, time.monotonic())
         if raw_headers:
             self.log.info("sync progress", peer=peer.name, headers=len(raw_headers), height=self.chain.height,
                           best_header=self.chain.best_header.height)
@@ -650,14 +678,17 @@ class Node:
                 break
         return last
 
-    def _on_blocks(self, peer: Peer, msg: wire.Message) -> None:
+    def _on_blocks(self, peer: Peer, msg: wire.Message) -> set[bytes]:
+        delivered = set()
         for raw in msg["blocks"]:
             try:
                 block = Block.parse(raw)
             except E.DecodeError as exc:
                 self.penalise(peer, PENALTY_MALFORMED, f"undecodable block: {exc}")
                 continue
+            delivered.add(block.hash)
             self._accept_block(block, peer, relay=False)
+        return delivered
 
     def _on_mempool(self, peer: Peer, msg: wire.Message) -> None:
         missing = [txid for txid in msg["txids"] if txid not in self.mempool]

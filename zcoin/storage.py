@@ -319,5 +319,5 @@ class _Transaction:
             return
         if exc_type is None:
             self.db.execute("COMMIT")
-        else:
+        elif self.db.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
             self.db.execute("ROLLBACK")
