@@ -18,10 +18,11 @@ Correctness never rests on PUB/SUB, which drops messages by design: every
 with more work syncs headers-first (GETHEADERS with a block locator, up to 2000
 headers a reply) and then fetches bodies in batches, each from a peer whose
 announced chain holds them, re-assigning a batch whose peer stalls.  A peer that
-stalls or sends none of what it announced is penalised and not asked for those
-blocks again until it shows more work; blocks nobody serves, and claims of work
-without headers, do not keep a node from mining.  A gossiped block with an
-unknown parent, or a gap in a peer's sequence numbers, triggers the same.
+stalls or sends none of what it announced is penalised, asked for those blocks
+again only after a doubling back-off or once it shows more work, and cannot hold
+up mining until it delivers; claims of work without headers stop only a node
+that was never synced.  A gossiped block with an unknown parent, or a gap in a
+peer's sequence numbers, triggers the same.
 
 A new node joins, syncs the chain, fetches its peers' mempools, and only then
 mines.  A peer sending invalid or malformed data collects a penalty; past
