@@ -20,7 +20,7 @@ from chainutil import Builder, add_all, open_chain
 from nodeutil import Cluster, make_block, premine_spend, submit, wait_until
 from zcoin import wire
 from zcoin.wire import MAX_HEADERS_PER_REPLY
-from zcoin.consensus.builders import sign_transaction
+from zcoin.consensus.builders import new_template, sign_transaction, solve
 from zcoin.consensus.params import REGTEST, dev_secret_key
 from zcoin.consensus.pow import block_work
 from zcoin.consensus.primitives import Block, BlockHeader, OutPoint, TxOut
@@ -269,12 +269,14 @@ class ChainServer:
         self.stall = True
         self.tip_replies = 0
         self.asked_for_blocks: list[list[bytes]] = []
+        self.requests: dict[str, int] = {}
 
     def serve(self) -> None:
         blocks = self.chain.blocks
         while self.mallory.api.poll(0):
             identity, request_id, payload = self.mallory.api.recv_multipart()
             msg = wire.decode(payload)
+            self.requests[msg.type] = self.requests.get(msg.type, 0) + 1
             if msg.type == "get_tip":
                 tip = self.tips[self.tip_replies % len(self.tips)]
                 self.tip_replies += 1
@@ -367,6 +369,28 @@ def test_a_peer_that_stalled_is_asked_again_after_a_back_off_even_without_new_wo
         wait_until(caught_up, what="a asks mallory again after the back-off and takes its chain")
         assert cluster.tip("a")[1] == theirs.tip.hash
         assert _peer_entry(cluster, "a", "mallory")["score"] > 0  # the stall still counted
+    finally:
+        mallory.close()
+
+
+def test_headers_ahead_of_our_clock_are_taken_later_without_holding_it_against_the_peer(cluster):
+    cluster.add_node("a", request_timeout_s=1.0)
+    theirs = Builder()
+    theirs.mine_empty(1)
+    ahead = int(time.time()) + 3 * 3600  # past the two hours a block may be ahead of our clock
+    early = solve(new_template(REGTEST, theirs.tip.hash, 2, REGTEST.genesis_bits, ahead, REGTEST.dev_pubkey(9)))
+    theirs.blocks.append(early)
+    mallory = HostilePeer(cluster)
+    server = ChainServer(mallory, theirs)
+    server.stall = False
+    try:
+        def took_what_it_could() -> bool:
+            server.serve()
+            return cluster.status("a")["height"] == 1 and server.requests.get("get_headers", 0) >= 3
+
+        wait_until(took_what_it_could, what="a takes block 1 and keeps asking for the header it found too new")
+        assert cluster.status("a")["best_header"] == 1
+        assert _peer_entry(cluster, "a", "mallory")["score"] == 0
     finally:
         mallory.close()
 

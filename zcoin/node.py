@@ -648,9 +648,9 @@ class Node:
         raw_headers = msg["headers"]
         now = int(time.time())
         with self.store.transaction():  # one commit for the whole reply, not one per header
-            last = self._add_headers(peer, raw_headers, now)
+            last, too_new = self._add_headers(peer, raw_headers, now)
         self._peer_has(peer, last)
-        if len(raw_headers) < MAX_HEADERS_PER_REPLY and peer.tip_hash not in self.chain.index:
+        if len(raw_headers) < MAX_HEADERS_PER_REPLY and peer.tip_hash not in self.chain.index and not too_new:
             peer.unbacked_tip = peer.tip_hash  # all it sent, and not the tip it claimed: stop asking
             self._failed_to_deliver(peer, time.monotonic())
         if raw_headers:
@@ -661,8 +661,9 @@ class Node:
             self._request(peer, "get_headers", locator=[last.hash] + self.chain.locator()[:63])
         self._fetch_blocks()
 
-    def _add_headers(self, peer: Peer, raw_headers: list[bytes], now: int) -> IndexEntry | None:
-        """Index the headers in order up to the first bad one; return the last one indexed."""
+    def _add_headers(self, peer: Peer, raw_headers: list[bytes], now: int) -> tuple[IndexEntry | None, bool]:
+        """Index the headers in order up to the first bad one; return the last one indexed, and
+        whether one was stopped for a time ahead of our clock (no fault of the peer's)."""
         last = None
         for raw in raw_headers:
             try:
@@ -673,11 +674,11 @@ class Node:
                 break
             except E.BlockTimeTooNew as exc:  # a clock ahead of ours, not misbehaviour: try again later
                 self.log.info("header from the future", peer=peer.name, reason=exc.reason)
-                break
+                return last, True
             except E.ValidationError as exc:
                 self.penalise(peer, PENALTY_INVALID_BLOCK, f"invalid header: {exc.reason}")
                 break
-        return last
+        return last, False
 
     def _on_blocks(self, peer: Peer, msg: wire.Message) -> set[bytes]:
         delivered = set()
