@@ -265,7 +265,7 @@ class ChainServer:
     def __init__(self, mallory: HostilePeer, chain: Builder) -> None:
         self.mallory = mallory
         self.chain = chain
-        self.tips = [chain.blocks[2]]
+        self.tips: list[Block] | None = None  # None: block 2
         self.stall = True
         self.tip_replies = 0
         self.asked_for_blocks: list[list[bytes]] = []
@@ -278,7 +278,8 @@ class ChainServer:
             msg = wire.decode(payload)
             self.requests[msg.type] = self.requests.get(msg.type, 0) + 1
             if msg.type == "get_tip":
-                tip = self.tips[self.tip_replies % len(self.tips)]
+                tips = self.tips or [blocks[2]]
+                tip = tips[self.tip_replies % len(tips)]
                 self.tip_replies += 1
                 height = blocks.index(tip)
                 reply = wire.encode("tip", node="mallory", height=height, hash=tip.hash,
@@ -298,6 +299,15 @@ class ChainServer:
             self.mallory.api.send_multipart([identity, request_id, reply])
 
 
+def _serving(cluster: Cluster, blocks: int, **node_config) -> tuple[Builder, HostilePeer, ChainServer]:
+    """Node a (with ``node_config``), a chain of ``blocks`` blocks only mallory has, and mallory serving it."""
+    cluster.add_node("a", **node_config)
+    theirs = Builder()
+    theirs.mine_empty(blocks)
+    mallory = HostilePeer(cluster)
+    return theirs, mallory, ChainServer(mallory, theirs)
+
+
 def _stalled_once(cluster: Cluster, server: ChainServer) -> None:
     """Let mallory stall on the first blocks a asks for, until a holds it against mallory."""
     def stalled() -> bool:
@@ -315,11 +325,7 @@ def test_blocks_a_peer_stalled_on_are_asked_of_it_again_only_once_it_shows_more_
     """Mallory is the only source of its chain and stalls once: the node stops waiting (it is
     synced with what it can get, and holds the stall against mallory).  Naming other tips it
     already knows does not get mallory asked again; a block with more work does."""
-    cluster.add_node("a", request_timeout_s=1.0)
-    theirs = Builder()
-    theirs.mine_empty(3)
-    mallory = HostilePeer(cluster)
-    server = ChainServer(mallory, theirs)
+    theirs, mallory, server = _serving(cluster, 3, request_timeout_s=1.0)
     try:
         _stalled_once(cluster, server)
         asked_before = len(server.asked_for_blocks)
@@ -353,11 +359,7 @@ def test_blocks_a_peer_stalled_on_are_asked_of_it_again_only_once_it_shows_more_
 
 def test_a_peer_that_stalled_is_asked_again_after_a_back_off_even_without_new_work(cluster):
     """An honest but slow peer, the only source of a chain it no longer extends, is not given up on."""
-    cluster.add_node("a", request_timeout_s=1.0, retry_after_stall_s=1.0)
-    theirs = Builder()
-    theirs.mine_empty(2)
-    mallory = HostilePeer(cluster)
-    server = ChainServer(mallory, theirs)
+    theirs, mallory, server = _serving(cluster, 2, request_timeout_s=1.0, retry_after_stall_s=1.0)
     try:
         _stalled_once(cluster, server)
         server.stall = False
@@ -374,14 +376,10 @@ def test_a_peer_that_stalled_is_asked_again_after_a_back_off_even_without_new_wo
 
 
 def test_headers_ahead_of_our_clock_are_taken_later_without_holding_it_against_the_peer(cluster):
-    cluster.add_node("a", request_timeout_s=1.0)
-    theirs = Builder()
-    theirs.mine_empty(1)
+    theirs, mallory, server = _serving(cluster, 1, request_timeout_s=1.0)
     ahead = int(time.time()) + 3 * 3600  # past the two hours a block may be ahead of our clock
-    early = solve(new_template(REGTEST, theirs.tip.hash, 2, REGTEST.genesis_bits, ahead, REGTEST.dev_pubkey(9)))
-    theirs.blocks.append(early)
-    mallory = HostilePeer(cluster)
-    server = ChainServer(mallory, theirs)
+    theirs.blocks.append(solve(new_template(REGTEST, theirs.tip.hash, 2, REGTEST.genesis_bits, ahead,
+                                            REGTEST.dev_pubkey(9))))
     server.stall = False
     try:
         def took_what_it_could() -> bool:
