@@ -49,6 +49,12 @@ def test_miners_mine_relay_and_agree_then_send_moves_coins_and_sigterm_exits_cle
     apis = [procs.start_miner(f"miner{i}", [tracker])[1] for i in range(1, 4)]
     tip = wait_for_all(lambda: same_tip(procs, apis, min_height=2), 90, "three miners on one tip, height >= 2")
     assert all(status(procs, api)["peers"] == 2 for api in apis)
+    shown = procs.cli("status", "--node", apis[0], "--timeout", "5")  # what a person reads
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith("node      miner1") and "peers     2" in lines
+    assert [line.split()[0] for line in lines if line.startswith("  ")] == ["miner2", "miner3"]
+    assert all(re.search(r"height \d+ +score 0$", line) for line in lines if line.startswith("  "))
     assert any(status(procs, api)["hashrate"] > 0 for api in apis)
     assert all(len(status(procs, api)["worker_hashrates"]) == 1 for api in apis)
     # A block found by one miner restarts the others' search on top of it.

@@ -223,7 +223,7 @@ JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print a JSON
 @JSON_OPTION
 @TIMEOUT_OPTION
 def status_command(node: str, as_json: bool, timeout_s: float) -> None:
-    """Show a miner's height, tip, work, peers, mempool size and hash rate.
+    """Show a miner's height, tip, work, peers (height, misbehaviour score), mempool size and hash rate.
 
     \b
     Example:
@@ -240,6 +240,10 @@ def status_command(node: str, as_json: bool, timeout_s: float) -> None:
     click.echo(f"tip       {status['tip']}")
     click.echo(f"work      {status['work']}")
     click.echo(f"peers     {status['peers']}")
+    width = max((len(p["node"]) for p in status["peer_list"]), default=0)
+    for peer in sorted(status["peer_list"], key=lambda p: p["node"]):
+        standing = "  banned" if peer["banned"] else ""
+        click.echo(f"  {peer['node']:<{width}}  height {peer['height']:<8} score {peer['score']}{standing}")
     click.echo(f"mempool   {status['mempool']}")
     workers = ", ".join(f"{rate:.0f}" for rate in status["worker_hashrates"])
     click.echo(f"hashrate  {status['hashrate']:.0f} H/s" + (f" (workers: {workers})" if status["mining"]
