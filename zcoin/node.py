@@ -600,9 +600,11 @@ class Node:
 
         (A reply may stop short to stay under the size limit, but it always carries one block.)
         """
-        if delivered.intersection(asked) or any(self.chain.has_block(h) or h not in self.chain.index for h in asked):
-            peer.stalls = 0
+        if delivered.intersection(asked):
+            peer.stalls = 0  # it delivers: it may hold up mining again, as a source we wait for
             return
+        if any(self.chain.has_block(h) or h not in self.chain.index for h in asked):
+            return  # another peer was quicker: nothing to hold against this one
         self._mark_unserved(peer, asked)
         self._failed_to_deliver(peer, time.monotonic())
         self.penalise(peer, PENALTY_STALL, f"sent none of the {len(asked)} blocks asked for")
