@@ -58,6 +58,14 @@ class Cluster:
         self.clients[name] = NodeClient(node.api_endpoint, timeout_s=10.0)
         return node
 
+    def restart_node(self, name: str, **config) -> Node:
+        """Stop a node (cleanly) and start it again on the same data dir."""
+        node = self.nodes.pop(name)
+        self.clients.pop(name).close()
+        node.stop()
+        node.thread.join(10)
+        return self.add_node(name, **config)
+
     def status(self, name: str) -> dict:
         return self.clients[name].request("status").fields
 

@@ -375,6 +375,19 @@ def test_a_peer_that_stalled_is_asked_again_after_a_back_off_even_without_new_wo
         mallory.close()
 
 
+def test_headers_stored_from_a_withholder_do_not_hold_up_a_restarted_node(cluster):
+    """Header-only entries are stored; after a restart, with nobody claiming that chain, they
+    are just headers: the node calls itself synced (and would mine) on its own tip."""
+    theirs, mallory, server = _serving(cluster, 2, request_timeout_s=1.0)
+    try:
+        _stalled_once(cluster, server)
+    finally:
+        mallory.close()
+    cluster.restart_node("a", request_timeout_s=1.0)
+    wait_until(lambda: cluster.status("a")["synced"], what="the restarted node synced on its own tip")
+    assert cluster.status("a")["best_header"] == 2 and cluster.status("a")["height"] == 0
+
+
 def test_headers_ahead_of_our_clock_are_taken_later_without_holding_it_against_the_peer(cluster):
     theirs, mallory, server = _serving(cluster, 1, request_timeout_s=1.0)
     ahead = int(time.time()) + 3 * 3600  # past the two hours a block may be ahead of our clock
