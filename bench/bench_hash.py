@@ -1,6 +1,6 @@
 """Benchmark: the mining pool's hash rate against a plain hashlib midstate loop.
 
-Prints one JSON object (see :func:`zcoin.mining.bench_hash` for every field):
+Prints one JSON object (see :func:`zcoin.bench.bench_hash` for every field):
 the pool's rate with 1 and with N workers, measured from its own counters, and
 the rate of the same per-nonce work in a plain loop in this process, the three
 measured in alternating slices so that other load on the machine hits them
@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from zcoin.mining import bench_hash
+from zcoin.bench import bench_hash
 
 
 def main(argv: list[str] | None = None) -> int:

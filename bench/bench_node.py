@@ -293,12 +293,12 @@ def bench_propagation(args, workdir: Path, daemons: list[Daemon]) -> dict:
                       {"a": head.proc.pid, **{n: daemon.proc.pid for n, daemon in relay_daemons.items()}})
     try:
         wait_until(lambda: all(c.request("status")["peers"] == len(NODE_NAMES) - 1 for c in clients.values()),
-                   30, "a full mesh of four nodes", interval_s=0.1)
+                   30, "a full mesh of four nodes", interval=0.1)
         reply = clients["a"].request("submit_block", block=split_block.raw)
         if not reply["accepted"]:
             raise RuntimeError(f"split block refused: {reply.get('reason')}")
         wait_until(lambda: all(c.request("get_tip")["height"] == 1 for c in clients.values()), 30,
-                   "the split block on every node", interval_s=0.05)
+                   "the split block on every node", interval=0.05)
 
         raws = [tx.raw for tx in txs]
         push_frames = [wire.encode("push_tx", tx=raw) for raw in raws]
@@ -396,7 +396,7 @@ def sync_once(args, workdir: Path, tracker_endpoint: str, tip: tuple[int, bytes]
             reply = client.request("get_tip")
             return reply["height"] == height and reply["hash"] == tip_hash
 
-        wait_until(synced, args.sync_timeout, f"{label} to reach height {height}", interval_s=0.02)
+        wait_until(synced, args.sync_timeout, f"{label} to reach height {height}", interval=0.02)
         observed_done = time.time()
     finally:
         client.close()

@@ -27,7 +27,7 @@ import time
 import zmq
 
 from zcoin import wire
-from zcoin.tracker import TrackerServer
+from zcoin.tracker.server import TrackerServer
 
 
 def percentile(samples: list[float], q: float) -> float:

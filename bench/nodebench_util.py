@@ -28,29 +28,22 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import zmq
 
-CLI = [sys.executable, "-m", "zcoin.cli"]
 REPO = Path(__file__).resolve().parents[1]
+TESTS_DIR = REPO / "tests"
+if str(TESTS_DIR) not in sys.path:  # the tests' support package: one wait_until for tests and benchmarks
+    sys.path.insert(0, str(TESTS_DIR))
+
+from support.waiting import wait_until  # noqa: E402
+
+CLI = [sys.executable, "-m", "zcoin.cli"]
 HWM = 100_000  # the node's GOSSIP_HWM, so that neither side drops at the default 1000
 POLL_S = 0.01
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
-
-
-def wait_until(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = POLL_S) -> object:
-    """Poll ``predicate`` until it returns something truthy; ``TimeoutError`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval_s)
 
 
 def cpu_times(pid: int) -> tuple[float, float]:
@@ -111,7 +104,7 @@ class Daemon:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.log()[-2000:]}")
             return regex.search(self.log())
 
-        return wait_until(found, timeout_s, f"{self.name} to log {pattern!r}")
+        return wait_until(found, timeout_s, f"{self.name} to log {pattern!r}", POLL_S)
 
     def stop(self) -> None:
         self.signal_stop()
@@ -167,7 +160,7 @@ def node_endpoints(daemon: Daemon, data_dir: Path, timeout_s: float = START_TIME
             raise RuntimeError(f"{daemon.name} exited with {daemon.proc.returncode}: {daemon.log()[-2000:]}")
         return json.loads(path.read_text()) if path.exists() else None
 
-    return wait_until(read, timeout_s, f"{daemon.name}'s node.json")
+    return wait_until(read, timeout_s, f"{daemon.name}'s node.json", POLL_S)
 
 
 def start_pubsub(kind: str, log_dir: Path, name: str, upstream: str | None = None) -> tuple[Daemon, dict]:

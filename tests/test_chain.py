@@ -12,18 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chainutil import (
-    NOW,
-    PARAMS,
-    Builder,
-    add_all,
-    assert_store_consistent,
-    dev_outpoint,
-    open_chain,
-    pay,
-    premine_spend,
-    spend_output,
-)
+from support.chain import NOW, PARAMS, Builder, add_all, assert_store_consistent, open_chain
+from support.payments import dev_key, dev_outpoint, pay, premine_spend, spend_output
 from zcoin.chain import MAX_LOCATOR_HASHES, BlockInvalidAncestor, Chain, OrphanPool, UnknownParent
 from zcoin.consensus import errors as E
 from zcoin.consensus.pow import bits_to_target, hash_meets_target
@@ -501,11 +491,11 @@ def test_locator_and_headers_after_find_the_fork_point(tmp_path):
     locator = chain_b.locator()
     assert locator[0] == theirs.tip.hash and locator[-1] == PARAMS.genesis_hash
     assert locator[:10] == [b.hash for b in reversed(theirs.blocks[-10:])]
-    headers = chain_a.headers_after(locator)
+    headers = chain_a.headers_after(locator, HEADERS_CAP)
     assert [h.hash for h in headers] == [b.hash for b in ours.blocks[26:]]
     assert headers[0].prev_hash == ours.blocks[25].hash  # the fork point
     assert chain_b.in_active_chain(headers[0].prev_hash)
-    assert [h.hash for h in chain_b.headers_after(chain_a.locator())] == [b.hash for b in theirs.blocks[26:]]
+    assert [h.hash for h in chain_b.headers_after(chain_a.locator(), HEADERS_CAP)] == [b.hash for b in theirs.blocks[26:]]
 
     for header in headers:
         chain_b.add_header(header, NOW)
@@ -514,7 +504,7 @@ def test_locator_and_headers_after_find_the_fork_point(tmp_path):
         chain_b.add_block(chain_a.get_block(block_hash), NOW)
     assert chain_b.tip.hash == ours.tip.hash
     assert store_b.utxo_snapshot() == store_a.utxo_snapshot()
-    assert chain_b.headers_after(chain_a.locator()) == []
+    assert chain_b.headers_after(chain_a.locator(), HEADERS_CAP) == []
     store_a.close()
     store_b.close()
 
@@ -530,16 +520,17 @@ def long_chain(tmp_path_factory):
     store.close()
 
 
-def test_headers_after_is_capped_at_2000(long_chain):
+def test_headers_after_returns_at_most_the_askers_limit(long_chain):
     builder, chain = long_chain
     assert chain.height == HEADERS_CAP + 10
-    from_genesis = chain.headers_after([PARAMS.genesis_hash], limit=10**6)
+    from_genesis = chain.headers_after([PARAMS.genesis_hash], HEADERS_CAP)
     assert len(from_genesis) == HEADERS_CAP
     assert from_genesis[0].hash == builder.blocks[1].hash
-    assert len(chain.headers_after([bytes(32)])) == 2000  # nothing shared: from genesis
-    assert [h.hash for h in chain.headers_after([builder.blocks[2005].hash])] == \
+    assert len(chain.headers_after([bytes(32)], HEADERS_CAP)) == HEADERS_CAP  # nothing shared: from genesis
+    assert len(chain.headers_after([PARAMS.genesis_hash], 10**6)) == HEADERS_CAP + 10  # the whole chain
+    assert [h.hash for h in chain.headers_after([builder.blocks[2005].hash], HEADERS_CAP)] == \
         [b.hash for b in builder.blocks[2006:]]
-    assert len(chain.headers_after([PARAMS.genesis_hash], limit=7)) == 7
+    assert len(chain.headers_after([PARAMS.genesis_hash], 7)) == 7
 
 
 def test_locator_of_a_long_chain_is_short_and_exponentially_sparse(long_chain):
@@ -569,13 +560,13 @@ def test_block_spending_a_missing_coin_is_refused_and_the_tip_stays(tmp_path):
     builder = _chain_of(2)
     store, chain = open_chain(tmp_path / "chain.sqlite")
     add_all(chain, builder.blocks)
-    ghost = pay((OutPoint(bytes(32), 0), 0), [1_000])
+    ghost = pay([(OutPoint(bytes(32), 0), dev_key(0))], [1_000])
     bad = builder.make_block([ghost], fees=0)
     with pytest.raises(E.BlockBadTx):
         chain.add_block(bad, NOW)
     assert chain.tip.hash == builder.tip.hash
     assert chain.index[bad.hash].status == INVALID
-    assert store.get_coin(dev_outpoint(0)) is not None
+    assert store.get_coin(dev_outpoint(PARAMS, 0)) is not None
     store.close()
 
 
@@ -590,7 +581,7 @@ def test_headers_after_starts_at_the_last_shared_locator_hash_below_the_fork(tmp
 
     locator = chain_b.locator()
     assert ours.blocks[25].hash not in locator
-    headers = chain_a.headers_after(locator)
+    headers = chain_a.headers_after(locator, HEADERS_CAP)
     assert [h.hash for h in headers] == [b.hash for b in ours.blocks[25:]]
     for header in headers:
         chain_b.add_header(header, NOW)  # the shared one is already known: no harm

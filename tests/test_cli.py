@@ -96,3 +96,17 @@ def test_bench_prints_a_figure_next_to_its_baseline(what):
     figures = json.loads(result.output)
     assert figures["ratio"] > 0
     assert any(key.startswith("baseline") and value > 0 for key, value in figures.items())
+
+
+def test_a_miner_whose_api_port_is_taken_says_so_in_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("miner", "--name", "m", "--no-mine", "--data-dir", str(tmp_path / "m"),
+                     "--tracker", "tcp://127.0.0.1:1", "--api", f"tcp://127.0.0.1:{port}")
+    assert result.returncode == 1, result.stderr
+    assert "cannot open sockets" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: cannot open sockets")

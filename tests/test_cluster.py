@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from procutil import ProcessGroup, wait_for_all
+from support.processes import ProcessGroup
+from support.waiting import wait_until
 
 LOADTEST = Path(__file__).resolve().parents[1] / "bin" / "loadtest"
+CLI_POLL_S = 0.2  # each poll of these conditions starts a CLI process
 
 
 @pytest.fixture
@@ -47,7 +49,8 @@ def same_tip(procs: ProcessGroup, apis: list[str], min_height: int = 1):
 def test_miners_mine_relay_and_agree_then_send_moves_coins_and_sigterm_exits_cleanly(procs, tmp_path):
     _, tracker = procs.start_tracker()
     apis = [procs.start_miner(f"miner{i}", [tracker])[1] for i in range(1, 4)]
-    tip = wait_for_all(lambda: same_tip(procs, apis, min_height=2), 90, "three miners on one tip, height >= 2")
+    tip = wait_until(lambda: same_tip(procs, apis, min_height=2), 90, "three miners on one tip, height >= 2",
+                     interval=CLI_POLL_S)
     assert all(status(procs, api)["peers"] == 2 for api in apis)
     shown = procs.cli("status", "--node", apis[0], "--timeout", "5")  # what a person reads
     assert shown.returncode == 0, shown.stderr
@@ -82,8 +85,9 @@ def test_miners_mine_relay_and_agree_then_send_moves_coins_and_sigterm_exits_cle
         return json.loads(result.stdout)
 
     # Seen on another miner (relayed to its mempool, or already in a block), then confirmed everywhere.
-    wait_for_all(lambda: bob_balance(apis[2])["spendable"] == 123456, 30, "payment seen by miner3")
-    wait_for_all(lambda: all(bob_balance(api)["confirmed"] == 123456 for api in apis), 90, "payment confirmed")
+    wait_until(lambda: bob_balance(apis[2])["spendable"] == 123456, 30, "payment seen by miner3", interval=CLI_POLL_S)
+    wait_until(lambda: all(bob_balance(api)["confirmed"] == 123456 for api in apis), 90, "payment confirmed",
+               interval=CLI_POLL_S)
     assert status(procs, apis[0])["height"] > tip["height"]
 
     # The load tester pushes from development accounts to two miners; its summary adds up.
@@ -109,9 +113,9 @@ def test_miners_mine_relay_and_agree_then_send_moves_coins_and_sigterm_exits_cle
 def test_late_miner_syncs_then_mines_on_the_same_chain(procs):
     _, tracker = procs.start_tracker()
     first = procs.start_miner("miner1", [tracker])[1]
-    wait_for_all(lambda: status(procs, first)["height"] >= 3, 90, "miner1 at height 3")
+    wait_until(lambda: status(procs, first)["height"] >= 3, 90, "miner1 at height 3", interval=CLI_POLL_S)
     late = procs.start_miner("miner2", [tracker])[1]
-    wait_for_all(lambda: same_tip(procs, [first, late], min_height=3), 60, "late miner synced")
+    wait_until(lambda: same_tip(procs, [first, late], min_height=3), 60, "late miner synced", interval=CLI_POLL_S)
     procs.procs["miner2"].wait_for_log(r"synced")
     # Its own blocks extend the shared chain: the found block is connected by miner1 too.
     found = procs.procs["miner2"].wait_for_log(r"block found .*?height=(\d+) block=([0-9a-f]{64})", timeout=120)
@@ -120,9 +124,10 @@ def test_late_miner_syncs_then_mines_on_the_same_chain(procs):
         result = procs.cli("status", "--node", first, "--json")
         return json.loads(result.stdout)["height"] >= int(found.group(1))
 
-    wait_for_all(miner1_has_block, 60, "miner1 past the late miner's block")
-    assert same_tip(procs, [first, late], min_height=int(found.group(1))) or wait_for_all(
-        lambda: same_tip(procs, [first, late], min_height=int(found.group(1))), 60, "one tip again")
+    wait_until(miner1_has_block, 60, "miner1 past the late miner's block", interval=CLI_POLL_S)
+    assert same_tip(procs, [first, late], min_height=int(found.group(1))) or wait_until(
+        lambda: same_tip(procs, [first, late], min_height=int(found.group(1))), 60, "one tip again",
+        interval=CLI_POLL_S)
 
 
 def test_client_errors_are_one_line_with_exit_status_1(procs, tmp_path):
@@ -144,7 +149,7 @@ def test_client_errors_are_one_line_with_exit_status_1(procs, tmp_path):
 
 
 def test_acknowledged_transactions_survive_kill_9_of_the_node(procs):
-    from nodeutil import premine_spend
+    from support.payments import premine_spend
 
     from zcoin.client import NodeClient
 

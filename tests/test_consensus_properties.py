@@ -15,7 +15,8 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import RegtestChain, dev_key, dev_outpoint, dev_pubkey
+from support.chain import Builder
+from support.payments import dev_key, dev_outpoint, dev_pubkey
 from zcoin.consensus import errors as E
 from zcoin.consensus.builders import sign_transaction
 from zcoin.consensus.params import REGTEST
@@ -231,7 +232,7 @@ def utxo_from_scratch(before: dict[OutPoint, Coin], block: Block, height: int) -
 @CHAIN
 @given(st.data())
 def test_connecting_then_disconnecting_random_blocks_restores_the_utxo_set(data):
-    chain = RegtestChain()
+    chain = Builder()
     spendable = {dev_outpoint(REGTEST, i): (REGTEST.dev_account_amount, i) for i in range(REGTEST.dev_accounts)}
     snapshots = [chain.coins()]
     for _ in range(data.draw(st.integers(1, 3), label="blocks")):

@@ -17,18 +17,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from conftest import (
-    MINER_KEY,
-    MINER_PUBKEY,
-    RegtestChain,
-    dev_key,
-    dev_outpoint,
-    dev_pubkey,
-    grind,
-    pay,
-    with_header,
-    with_txs,
-)
+from support.chain import MINER_KEY, MINER_PUBKEY, Builder, grind, with_header, with_txs
+from support.payments import dev_key, dev_outpoint, dev_pubkey, pay
 from zcoin.consensus import errors as E
 from zcoin.consensus.builders import sign_transaction, solve
 from zcoin.consensus.crypto import merkle_root, schnorr_pubkey
@@ -67,7 +57,7 @@ OTHER_PUBKEY = schnorr_pubkey(hashlib.sha256(b"zcoin test payee").digest())
 
 def spend_dev(index: int, amounts: list[int]) -> Transaction:
     """Development account ``index`` pays its regtest premine to the miner in ``amounts``."""
-    return pay(dev_outpoint(REGTEST, index), dev_key(index), amounts)
+    return pay([(dev_outpoint(REGTEST, index), dev_key(index))], amounts, MINER_PUBKEY)
 
 
 def assert_block_refused_for_tx(excinfo: pytest.ExceptionInfo, tx_error: type[E.InvalidTx]) -> None:
@@ -180,7 +170,7 @@ def test_coinbase_spent_one_block_before_maturity_is_refused(mem_chain):
     while mem_chain.height < REGTEST.coinbase_maturity - 1:
         mem_chain.mine()
     assert (mem_chain.height + 1) - 1 == REGTEST.coinbase_maturity - 1  # the next block is one short of maturity
-    spend = pay(OutPoint(coinbase.txid, 0), MINER_KEY, [COIN])
+    spend = pay([(OutPoint(coinbase.txid, 0), MINER_KEY)], [COIN])
     with pytest.raises(E.TxImmatureSpend):
         check_tx_inputs(spend, mem_chain.utxo, mem_chain.height + 1, REGTEST)
     with pytest.raises(E.BlockBadTx) as excinfo:
@@ -193,14 +183,14 @@ def test_mature_coinbase_is_spendable(mem_chain):
     while mem_chain.height < REGTEST.coinbase_maturity:
         mem_chain.mine()
     assert (mem_chain.height + 1) - 1 == REGTEST.coinbase_maturity  # the next block is exactly `maturity` later
-    spend = pay(OutPoint(coinbase.txid, 0), MINER_KEY, [COIN])
+    spend = pay([(OutPoint(coinbase.txid, 0), MINER_KEY)], [COIN])
     mem_chain.mine([spend])
     assert mem_chain.utxo.get_coin(OutPoint(spend.txid, 0)) is not None
 
 
 def test_coinbase_of_the_same_block_is_immature(mem_chain):
     coinbase = make_coinbase(1, (TxOut(REGTEST.subsidy(1), MINER_PUBKEY),))
-    spend = pay(OutPoint(coinbase.txid, 0), MINER_KEY, [REGTEST.subsidy(1)])
+    spend = pay([(OutPoint(coinbase.txid, 0), MINER_KEY)], [REGTEST.subsidy(1)])
     block = with_txs(mem_chain.make_block(), [coinbase, spend])
     check_block(block, REGTEST)
     with pytest.raises(E.BlockBadTx) as excinfo:
@@ -344,7 +334,7 @@ def test_mutated_block_with_a_duplicated_tail_is_refused_and_the_honest_one_kept
     assert mutated.hash == honest.hash
     with pytest.raises(E.BlockMutated):
         check_block(mutated, REGTEST)
-    mem_chain.add(honest)
+    mem_chain.append(honest)
     assert mem_chain.tip.hash == honest.hash
 
 
@@ -362,7 +352,7 @@ def test_block_over_the_size_limit_is_refused(mem_chain):
     txs = [fan]
     while sum(tx.size for tx in txs) <= REGTEST.max_block_bytes:
         index = len(txs) - 1
-        txs.append(pay(OutPoint(fan.txid, index), MINER_KEY, [1000] * n))
+        txs.append(pay([(OutPoint(fan.txid, index), MINER_KEY)], [1000] * n))
     block = mem_chain.make_block(txs)
     assert all(tx.size <= REGTEST.max_tx_bytes for tx in txs)
     assert block.size > REGTEST.max_block_bytes
@@ -460,7 +450,7 @@ def test_block_timed_at_the_median_time_past_is_refused_and_one_second_later_acc
     assert ctx.median_time_past == median_time_past(times) < mem_chain.tip.header.time
     with pytest.raises(E.BlockTimeTooOld):
         mem_chain.validate(mem_chain.make_block(time=ctx.median_time_past))
-    mem_chain.add(mem_chain.make_block(time=ctx.median_time_past + 1))  # before its parent, as Bitcoin allows
+    mem_chain.append(mem_chain.make_block(time=ctx.median_time_past + 1))  # before its parent, as Bitcoin allows
 
 
 def test_block_timed_too_far_in_the_future_is_refused(mem_chain):
@@ -500,7 +490,7 @@ def test_coinbase_paying_more_than_subsidy_plus_fees_is_refused(mem_chain):
     greedy.reward += 1
     with pytest.raises(E.BlockBadCoinbaseAmount):
         mem_chain.validate(solve(greedy))
-    mem_chain.add(solve(exact))
+    mem_chain.append(solve(exact))
     assert mem_chain.utxo.get_coin(OutPoint(mem_chain.tip.txs[0].txid, 0)).amount == REGTEST.subsidy(1) + 1000
 
 
@@ -537,7 +527,7 @@ def test_block_refused_for_a_bad_signature_names_the_rule(mem_chain):
 
 def test_output_created_and_spent_in_the_same_block_never_enters_the_set(mem_chain):
     parent = spend_dev(0, [COIN, 2 * COIN])
-    child = pay(OutPoint(parent.txid, 1), MINER_KEY, [COIN])
+    child = pay([(OutPoint(parent.txid, 1), MINER_KEY)], [COIN])
     before = mem_chain.coins()
     diff = mem_chain.validate(mem_chain.make_block([parent, child]))
     created = dict(diff.created)
@@ -549,7 +539,7 @@ def test_output_created_and_spent_in_the_same_block_never_enters_the_set(mem_cha
 
 def test_transaction_spending_a_later_transaction_of_the_block_is_refused(mem_chain):
     parent = spend_dev(0, [COIN, 2 * COIN])
-    child = pay(OutPoint(parent.txid, 1), MINER_KEY, [COIN])
+    child = pay([(OutPoint(parent.txid, 1), MINER_KEY)], [COIN])
     block = mem_chain.make_block([child, parent], fees=0)
     check_block(block, REGTEST)
     with pytest.raises(E.BlockBadTx) as excinfo:
@@ -634,7 +624,7 @@ def test_first_retarget_window_opens_at_block_one_not_at_genesis():
 def test_block_after_a_fast_window_must_carry_the_harder_bits():
     """The first window is measured from block 1, so a genesis fixed long ago does not make it look slow."""
     params = retarget_test_params()
-    chain = RegtestChain(params)
+    chain = Builder(params)
     chain.mine(time=params.genesis_time + 10**6, now=params.genesis_time + 10**6)
     for _ in range(params.retarget_interval - 2):
         chain.mine(time=chain.tip.header.time + 1)
@@ -647,7 +637,7 @@ def test_block_after_a_fast_window_must_carry_the_harder_bits():
     stale = with_header(block, bits=params.genesis_bits)
     with pytest.raises(E.BlockBadBits):
         chain.validate(stale)
-    chain.add(block)
+    chain.append(block)
 
 
 # --- fork choice -------------------------------------------------------------------
@@ -805,7 +795,7 @@ def test_canonical_transaction_round_trips():
     assert Transaction.parse(packed(tx_fields(tx))) == tx
 
 
-def block_decode_cases(mem_chain: RegtestChain) -> dict[str, bytes]:
+def block_decode_cases(mem_chain: Builder) -> dict[str, bytes]:
     block = mem_chain.make_block([sample_tx()])
     raw = block.raw
     header, txs = block.header.serialize(), [tx.raw for tx in block.txs]
@@ -830,7 +820,7 @@ def block_decode_cases(mem_chain: RegtestChain) -> dict[str, bytes]:
     }
 
 
-@pytest.mark.parametrize("case", list(block_decode_cases(RegtestChain())))
+@pytest.mark.parametrize("case", list(block_decode_cases(Builder())))
 def test_block_that_is_not_a_canonical_encoding_is_refused(mem_chain, case):
     with pytest.raises(E.DecodeError):
         Block.parse(block_decode_cases(mem_chain)[case])

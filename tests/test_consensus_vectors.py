@@ -11,7 +11,7 @@ import dataclasses
 
 import pytest
 
-from conftest import load_bip340, load_json
+from support.vectors import load_bip340, load_json
 from zcoin.consensus.crypto import has_duplicate_tail
 from zcoin.consensus.params import NETWORKS, ChainParams
 from zcoin.consensus.pow import (

@@ -6,16 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chainutil import (
-    NOW,
-    PARAMS,
-    block_on,
-    dev_outpoint,
-    open_chain,
-    pay,
-    premine_spend,
-    spend_output,
-)
+from support.chain import NOW, PARAMS, block_on, open_chain
+from support.payments import dev_key, dev_outpoint, pay, premine_spend, spend_output
 from zcoin.consensus import errors as E
 from zcoin.consensus.primitives import OutPoint, Transaction
 from zcoin.consensus.validation import Coin
@@ -103,7 +95,7 @@ def test_conflicting_transaction_is_refused_and_names_the_first_seen(node):
 def test_chained_unconfirmed_spends_are_accepted(node):
     parent = premine_spend(0, outputs=2)
     child = spend_output(parent, 1, 0, outputs=2)
-    grandchild = spend_output(child, 0, 0, to=PARAMS.dev_pubkey(4))
+    grandchild = spend_output(child, 0, 0, to=4)
     for tx in (parent, child, grandchild):
         node.accept(tx)
     entries = node.mempool.entries
@@ -118,12 +110,12 @@ def test_chained_unconfirmed_spends_are_accepted(node):
 
 
 def test_spend_of_an_unknown_output_is_refused(node):
-    orphan = pay((OutPoint(bytes(32), 0), 0), [1_000])
+    orphan = pay([(OutPoint(bytes(32), 0), dev_key(0))], [1_000])
     with pytest.raises(E.TxMissingInput):
         node.accept(orphan)
     parent = premine_spend(0)
     node.accept(parent)
-    past_the_end = pay((OutPoint(parent.txid, len(parent.outputs)), 0), [1_000])
+    past_the_end = pay([(OutPoint(parent.txid, len(parent.outputs)), dev_key(0))], [1_000])
     with pytest.raises(E.TxMissingInput):
         node.accept(past_the_end)
     assert set(node.mempool.entries) == {parent.txid}
@@ -141,7 +133,7 @@ def test_known_and_confirmed_transactions_are_refused(node):
 
 def test_transaction_with_a_bad_signature_is_refused(node):
     good = premine_spend(0)
-    forged = pay((dev_outpoint(0), 1), [o.amount for o in good.outputs], PARAMS.dev_pubkey(1))
+    forged = pay([(dev_outpoint(PARAMS, 0), dev_key(1))], [o.amount for o in good.outputs], PARAMS.dev_pubkey(1))
     with pytest.raises(E.TxBadSignature):
         node.accept(forged)
     assert len(node.mempool) == 0
@@ -277,19 +269,20 @@ def test_connected_block_removes_mined_and_conflicting_transactions(node):
 
 def test_spendable_coins_leave_out_pool_spends_and_include_pool_change(node):
     me = PARAMS.dev_pubkey(0)
-    payment = pay((dev_outpoint(0), 0), [10_000, PARAMS.dev_account_amount - 10_000 - 1_000],
+    payment = pay([(dev_outpoint(PARAMS, 0), dev_key(0))], [10_000, PARAMS.dev_account_amount - 10_000 - 1_000],
                   [PARAMS.dev_pubkey(1), me])
     node.accept(payment)
     coins = node.mempool.spendable_coins(me, node.store.coins_of(me), node.chain.height)
     assert coins == [(OutPoint(payment.txid, 1), Coin(payment.outputs[1].amount, me, node.chain.height + 1, False))]
 
-    second = pay((OutPoint(payment.txid, 1), 0), [20_000, payment.outputs[1].amount - 20_000 - 1_000],
+    second = pay([(OutPoint(payment.txid, 1), dev_key(0))], [20_000, payment.outputs[1].amount - 20_000 - 1_000],
                  [PARAMS.dev_pubkey(2), me])
     node.accept(second)  # back-to-back sends chain their change
     coins = node.mempool.spendable_coins(me, node.store.coins_of(me), node.chain.height)
     assert [op for op, _ in coins] == [OutPoint(second.txid, 1)]
+    untouched = dev_outpoint(PARAMS, 5)
     assert node.mempool.spendable_coins(PARAMS.dev_pubkey(5), node.store.coins_of(PARAMS.dev_pubkey(5)),
-                                        node.chain.height) == [(dev_outpoint(5), node.store.get_coin(dev_outpoint(5)))]
+                                        node.chain.height) == [(untouched, node.store.get_coin(untouched))]
 
 
 def test_spendable_coins_leave_out_immature_coinbase_outputs(node):
@@ -302,14 +295,14 @@ def test_spendable_coins_leave_out_immature_coinbase_outputs(node):
         return [op for op, _ in node.mempool.spendable_coins(miner, node.store.coins_of(miner), node.chain.height)]
 
     assert coinbase_coin in [op for op, _ in node.store.coins_of(miner)]
-    spend = pay((coinbase_coin, 8), [PARAMS.subsidy(1) - 1_000])
+    spend = pay([(coinbase_coin, dev_key(8))], [PARAMS.subsidy(1) - 1_000])
     while node.chain.height + 1 - 1 < PARAMS.coinbase_maturity - 1:
         node.mine([], 0)
-    assert spendable() == [dev_outpoint(8)]  # a block on this tip could not spend it yet
+    assert spendable() == [dev_outpoint(PARAMS, 8)]  # a block on this tip could not spend it yet
     with pytest.raises(E.TxImmatureSpend):
         node.accept(spend)
     node.mine([], 0)
-    assert spendable() == [dev_outpoint(8), coinbase_coin]
+    assert spendable() == [dev_outpoint(PARAMS, 8), coinbase_coin]
     node.accept(spend)  # the pool agrees it is mature now
 
 

@@ -9,7 +9,6 @@ network's difficulty is left to the benchmark.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import signal
 import subprocess
@@ -23,9 +22,12 @@ from pathlib import Path
 import pytest
 import zmq
 
+from support.chain import MINER_PUBKEY, open_chain
+from support.payments import dev_key, dev_outpoint, pay
+from support.waiting import wait_until
 from zcoin.chain import Chain
 from zcoin.consensus.builders import new_template, sign_transaction, solve
-from zcoin.consensus.crypto import schnorr_pubkey, sha256d
+from zcoin.consensus.crypto import sha256d
 from zcoin.consensus.params import REGTEST, ChainParams, build_genesis, dev_secret_key
 from zcoin.consensus.pow import bits_to_target, check_pow, target_to_bits
 from zcoin.consensus.primitives import OutPoint, Transaction, TxOut, coinbase_height
@@ -43,26 +45,21 @@ from zcoin.mining import (
     build_template,
     job_from_template,
 )
-from zcoin.storage import ChainStore
 
 WORKERS = 2
 DEADLINE_S = 15.0  # generous: spawning workers on a loaded two-core machine is slow
 EASY_TARGET = 1 << 244  # one hash in 4096 wins: a steady stream of results
 NEVER_TARGET = 1  # no hash meets it: pure hashing
-MINER_PUBKEY = schnorr_pubkey(hashlib.sha256(b"zcoin test miner").digest())
+POOL_POLL_S = 0.02  # how often a waiting test reads the pool's results
 NOW = REGTEST.genesis_time + 600
 
 
 # --- helpers -------------------------------------------------------------------------
 
 
-def open_chain(path: Path, params: ChainParams) -> Chain:
-    return Chain(ChainStore(path / "chain.sqlite", params), params)
-
-
 @pytest.fixture
 def regtest_chain(tmp_path: Path) -> Iterator[Chain]:
-    chain = open_chain(tmp_path, REGTEST)
+    _, chain = open_chain(tmp_path / "chain.sqlite", REGTEST)
     try:
         yield chain
     finally:
@@ -81,9 +78,7 @@ def pool() -> Iterator[MiningPool]:
 
 def dev_spend(params: ChainParams, account: int, fee: int, to: bytes = MINER_PUBKEY) -> Transaction:
     """Development account ``account`` pays its whole premine, less ``fee``, to ``to``."""
-    outpoint = OutPoint(params.genesis.txs[0].txid, account)
-    amount = params.genesis.txs[0].outputs[account].amount
-    return sign_transaction([(outpoint, dev_secret_key(account))], [TxOut(amount - fee, to)])
+    return pay([(dev_outpoint(params, account), dev_key(account))], [params.dev_account_amount - fee], to)
 
 
 def job_at(job_id: int, time_: int, target: int = EASY_TARGET) -> MiningJob:
@@ -93,27 +88,27 @@ def job_at(job_id: int, time_: int, target: int = EASY_TARGET) -> MiningJob:
 
 
 def collect(pool: MiningPool, done: Callable[[list], bool], timeout_s: float = DEADLINE_S) -> list:
-    """Poll ``pool`` (waking on its descriptor) until ``done(results so far)``; fail at the deadline."""
+    """Read ``pool``'s results until ``done(results so far)``; fail at the deadline."""
     results: list = []
-    deadline = time.monotonic() + timeout_s
-    while not done(results):
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"condition not met within {timeout_s}s; got {len(results)} results"
-        wait([pool], min(remaining, 0.1))
-        results += pool.poll_results()
+
+    def gathered() -> bool:
+        results.extend(pool.poll_results())
+        return done(results)
+
+    try:
+        wait_until(gathered, timeout_s, "the pool's results", interval=POOL_POLL_S)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; got {len(results)} results") from None
     return results
 
 
-def wait_until(condition: Callable[[], bool], pool: MiningPool | None = None, timeout_s: float = DEADLINE_S) -> None:
-    """Wait for ``condition`` (servicing ``pool`` meanwhile, as a node's loop does)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"condition not met within {timeout_s}s"
-        if pool is not None:
-            wait([pool], 0.02)
-            pool.poll_results()
-        else:
-            time.sleep(0.02)
+def wait_serving(pool: MiningPool, condition: Callable[[], bool], what: str) -> None:
+    """Wait for ``condition``, reading ``pool``'s results meanwhile (and dropping them), as a node's loop does."""
+    def served() -> bool:
+        pool.poll_results()
+        return condition()
+
+    wait_until(served, DEADLINE_S, what, interval=POOL_POLL_S)
 
 
 def process_gone(pid: int) -> bool:
@@ -165,7 +160,7 @@ def test_template_fills_the_block_by_fee_rate_within_its_size(tmp_path: Path) ->
     empty = new_template(REGTEST, REGTEST.genesis_hash, 1, REGTEST.genesis_bits, NOW, MINER_PUBKEY)
     room_for_three = empty.block(0).size + sum(tx.size + 3 for tx in txs[-3:]) + 20  # + less than a fourth
     params = dataclasses.replace(REGTEST, max_block_bytes=room_for_three)
-    chain = open_chain(tmp_path, params)
+    _, chain = open_chain(tmp_path / "chain.sqlite", params)
     try:
         mempool = Mempool(params)
         for tx in txs:
@@ -258,7 +253,7 @@ def test_new_job_cancels_the_old_search(pool: MiningPool) -> None:
     assert pool.switched_workers == WORKERS
 
     pool.cancel()
-    wait_until(lambda: pool.switched_workers == WORKERS, pool)  # all acknowledged going idle
+    wait_serving(pool, lambda: pool.switched_workers == WORKERS, "every worker to go idle")  # all acknowledged
     counts = pool.hash_counts()
     observed_until = time.monotonic() + 0.3  # a window to observe silence, not a wait for a condition
     while time.monotonic() < observed_until:
@@ -273,7 +268,7 @@ def test_killed_worker_is_replaced_and_mining_continues(pool: MiningPool) -> Non
     victim = pool.pids()[0]
     os.kill(victim, signal.SIGKILL)
 
-    wait_until(lambda: pool.pids()[0] not in (None, victim), pool)
+    wait_serving(pool, lambda: pool.pids()[0] not in (None, victim), "a new worker 0")
     assert pool.restarts == 1
     assert process_gone(victim)
     results = collect(pool, lambda r: any(f.worker == 0 for f in r))  # the new process finds nonces
@@ -283,7 +278,7 @@ def test_killed_worker_is_replaced_and_mining_continues(pool: MiningPool) -> Non
 
 def test_hash_rates_per_worker_and_in_total(pool: MiningPool) -> None:
     pool.submit(job_at(1, REGTEST.genesis_time, NEVER_TARGET))
-    wait_until(lambda: all(count > 0 for count in pool.hash_counts()), pool)
+    wait_serving(pool, lambda: all(count > 0 for count in pool.hash_counts()), "every worker hashing")
     rates = pool.hashrates()
     assert len(rates["workers"]) == WORKERS
     assert all(rate > 0 for rate in rates["workers"])
@@ -335,7 +330,7 @@ def test_workers_exit_when_the_node_is_killed(tmp_path: Path) -> None:
         assert len(pids) == WORKERS
         node.kill()
         node.wait(DEADLINE_S)
-        wait_until(lambda: all(process_gone(pid) for pid in pids))  # orphans stop instead of spinning
+        wait_until(lambda: all(process_gone(pid) for pid in pids), DEADLINE_S, "the orphaned workers to exit")
     finally:
         if node.poll() is None:
             node.kill()
@@ -367,7 +362,7 @@ def easy_retarget_params() -> ChainParams:
 @pytest.mark.parametrize(("spacing_s", "harder"), [(1, True), (30, False)])
 def test_difficulty_retargets_through_the_chain(tmp_path: Path, spacing_s: int, harder: bool) -> None:
     params = easy_retarget_params()
-    chain = open_chain(tmp_path, params)
+    _, chain = open_chain(tmp_path / "chain.sqlite", params)
     try:
         mempool = Mempool(params)
         times = {0: params.genesis_time}

@@ -2,7 +2,8 @@
 
 Each node runs in its own thread with its own sockets and SQLite file and joins a
 real tracker; the tests talk to nodes only through their api, like a client or a
-peer.  Blocks are made outside (regtest target) and handed to one node with
+peer (download, stalls and back-off are tested without sockets, on the in-memory
+driver, in ``test_download.py``).  Blocks are made outside (regtest target) and handed to one node with
 ``submit_block``; the other nodes must get them over the network.
 """
 
@@ -16,16 +17,16 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chainutil import Builder, add_all, open_chain
-from nodeutil import Cluster, make_block, premine_spend, submit, wait_until
+from support.cluster import Cluster, make_block, submit
+from support.hostile import HostilePeer
+from support.payments import premine_spend
+from support.waiting import wait_until
 from zcoin import wire
-from zcoin.wire import MAX_HEADERS_PER_REPLY
-from zcoin.consensus.builders import new_template, sign_transaction, solve
+from zcoin.consensus.builders import sign_transaction
 from zcoin.consensus.params import REGTEST, dev_secret_key
-from zcoin.consensus.pow import block_work
 from zcoin.consensus.primitives import Block, BlockHeader, OutPoint, TxOut
-from zcoin.node import PENALTY_MALFORMED, is_loopback_endpoint
-from zcoin.tracker import MemberInfo, MembershipAgent
+from zcoin.node import is_loopback_endpoint
+from zcoin.nodecore import PENALTY_MALFORMED
 
 
 @pytest.fixture
@@ -128,37 +129,6 @@ def test_split_then_heal_ends_on_most_work_and_returns_losing_transactions(clust
     wait_until(lambda: all(tx.txid in cluster.mempool(n) for n in "abcd"), what="losing side's tx back")
 
 
-class HostilePeer:
-    """A member of the cluster that speaks the wire protocol with crafted messages."""
-
-    def __init__(self, cluster: Cluster, name: str = "mallory") -> None:
-        ctx = zmq.Context.instance()
-        self.pub = ctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        self.pub.bind("tcp://127.0.0.1:*")
-        self.api = ctx.socket(zmq.ROUTER)
-        self.api.setsockopt(zmq.LINGER, 0)
-        self.api.bind("tcp://127.0.0.1:*")
-        me = MemberInfo(name, self.pub.getsockopt_string(zmq.LAST_ENDPOINT),
-                        self.api.getsockopt_string(zmq.LAST_ENDPOINT))
-        self.name = name
-        self.agent = MembershipAgent([cluster.tracker.endpoint], me, context=ctx, heartbeat_s=0.5)
-        self.agent.start()
-        self.seq = 0
-
-    def gossip(self, topic: bytes, payload: bytes) -> None:
-        self.pub.send_multipart([topic, payload])
-
-    def gossip_block(self, block: Block) -> None:
-        self.seq += 1
-        self.gossip(b"block", wire.encode("gossip_block", seq=self.seq, block=block.raw))
-
-    def close(self) -> None:
-        self.agent.stop()
-        self.pub.close(0)
-        self.api.close(0)
-
-
 def _peer_entry(cluster: Cluster, node: str, peer: str) -> dict | None:
     return next((p for p in cluster.status(node)["peer_list"] if p["node"] == peer), None)
 
@@ -253,219 +223,6 @@ def test_replies_are_matched_to_requests_by_id_and_a_reply_to_nothing_is_penalis
         assert _peer_entry(cluster, "a", "mallory")["height"] == 7
     finally:
         mallory.close()
-
-
-class ChainServer:
-    """Mallory's side for the stall tests: serves ``chain`` (a :class:`Builder`) to the node.
-
-    Tip replies name ``tips`` in turn, headers go up to block 2, blocks are sent unless
-    ``stall`` (then ``get_blocks`` is only counted).  Called from the test's thread.
-    """
-
-    def __init__(self, mallory: HostilePeer, chain: Builder) -> None:
-        self.mallory = mallory
-        self.chain = chain
-        self.tips: list[Block] | None = None  # None: block 2
-        self.stall = True
-        self.tip_replies = 0
-        self.asked_for_blocks: list[list[bytes]] = []
-        self.requests: dict[str, int] = {}
-
-    def serve(self) -> None:
-        blocks = self.chain.blocks
-        while self.mallory.api.poll(0):
-            identity, request_id, payload = self.mallory.api.recv_multipart()
-            msg = wire.decode(payload)
-            self.requests[msg.type] = self.requests.get(msg.type, 0) + 1
-            if msg.type == "get_tip":
-                tips = self.tips or [blocks[2]]
-                tip = tips[self.tip_replies % len(tips)]
-                self.tip_replies += 1
-                height = blocks.index(tip)
-                reply = wire.encode("tip", node="mallory", height=height, hash=tip.hash,
-                                    work=(block_work(tip.header.bits) * (height + 1)).to_bytes(32, "big"))
-            elif msg.type == "get_headers":
-                reply = wire.encode("headers", headers=[b.header.serialize() for b in blocks[1:3]])
-            elif msg.type == "get_blocks":
-                self.asked_for_blocks.append(msg["hashes"])
-                if self.stall:
-                    continue
-                by_hash = {b.hash: b.raw for b in blocks}
-                reply = wire.encode("blocks", blocks=[by_hash[h] for h in msg["hashes"]])
-            elif msg.type == "get_mempool":
-                reply = wire.encode("mempool", txids=[])
-            else:
-                continue
-            self.mallory.api.send_multipart([identity, request_id, reply])
-
-
-def _serving(cluster: Cluster, blocks: int, **node_config) -> tuple[Builder, HostilePeer, ChainServer]:
-    """Node a (with ``node_config``), a chain of ``blocks`` blocks only mallory has, and mallory serving it."""
-    cluster.add_node("a", **node_config)
-    theirs = Builder()
-    theirs.mine_empty(blocks)
-    mallory = HostilePeer(cluster)
-    return theirs, mallory, ChainServer(mallory, theirs)
-
-
-def _stalled_once(cluster: Cluster, server: ChainServer) -> None:
-    """Let mallory stall on the first blocks a asks for, until a holds it against mallory."""
-    def stalled() -> bool:
-        server.serve()
-        entry = _peer_entry(cluster, "a", "mallory")
-        return bool(entry and entry["score"] > 0)
-
-    wait_until(stalled, what="a holds the stall against mallory")
-    assert all(batch == [b.hash for b in server.chain.blocks[1:3]] for batch in server.asked_for_blocks)
-    wait_until(lambda: cluster.status("a")["synced"], what="a stops waiting for what mallory withholds")
-    assert cluster.status("a")["height"] == 0 and cluster.status("a")["best_header"] == 2
-
-
-def test_blocks_a_peer_stalled_on_are_asked_of_it_again_only_once_it_shows_more_work(cluster):
-    """Mallory is the only source of its chain and stalls once: the node stops waiting (it is
-    synced with what it can get, and holds the stall against mallory).  Naming other tips it
-    already knows does not get mallory asked again; a block with more work does."""
-    theirs, mallory, server = _serving(cluster, 3, request_timeout_s=1.0)
-    try:
-        _stalled_once(cluster, server)
-        asked_before = len(server.asked_for_blocks)
-
-        # Flipping between tips a knows is no reason to ask again.
-        server.tips = [theirs.blocks[1], theirs.blocks[2]]
-        flips_from = server.tip_replies
-
-        def flipped_four_times() -> bool:
-            server.serve()
-            return server.tip_replies >= flips_from + 4
-
-        wait_until(flipped_four_times, what="four more tip rounds")
-        assert len(server.asked_for_blocks) == asked_before and cluster.status("a")["synced"]
-
-        # Block 3 is more work (its proof of work is real): a asks mallory again and gets it all.
-        server.stall = False
-        mallory.gossip_block(theirs.blocks[3])
-
-        def caught_up() -> bool:
-            server.serve()
-            if len(server.asked_for_blocks) == asked_before:
-                mallory.gossip_block(theirs.blocks[3])  # repeated: the SUB may still be joining
-            return cluster.status("a")["height"] == 3
-
-        wait_until(caught_up, what="a fetches mallory's chain once it showed more work")
-        assert cluster.tip("a")[1] == theirs.tip.hash
-    finally:
-        mallory.close()
-
-
-def test_a_peer_that_stalled_is_asked_again_after_a_back_off_even_without_new_work(cluster):
-    """An honest but slow peer, the only source of a chain it no longer extends, is not given up on."""
-    theirs, mallory, server = _serving(cluster, 2, request_timeout_s=1.0, retry_after_stall_s=1.0)
-    try:
-        _stalled_once(cluster, server)
-        server.stall = False
-
-        def caught_up() -> bool:
-            server.serve()
-            return cluster.status("a")["height"] == 2
-
-        wait_until(caught_up, what="a asks mallory again after the back-off and takes its chain")
-        assert cluster.tip("a")[1] == theirs.tip.hash
-        assert _peer_entry(cluster, "a", "mallory")["score"] > 0  # the stall still counted
-    finally:
-        mallory.close()
-
-
-def test_headers_stored_from_a_withholder_do_not_hold_up_a_restarted_node(cluster):
-    """Header-only entries are stored; after a restart, with nobody claiming that chain, they
-    are just headers: the node calls itself synced (and would mine) on its own tip."""
-    theirs, mallory, server = _serving(cluster, 2, request_timeout_s=1.0)
-    try:
-        _stalled_once(cluster, server)
-    finally:
-        mallory.close()
-    cluster.restart_node("a", request_timeout_s=1.0)
-    wait_until(lambda: cluster.status("a")["synced"], what="the restarted node synced on its own tip")
-    assert cluster.status("a")["best_header"] == 2 and cluster.status("a")["height"] == 0
-
-
-def test_headers_ahead_of_our_clock_are_taken_later_without_holding_it_against_the_peer(cluster):
-    theirs, mallory, server = _serving(cluster, 1, request_timeout_s=1.0)
-    ahead = int(time.time()) + 3 * 3600  # past the two hours a block may be ahead of our clock
-    theirs.blocks.append(solve(new_template(REGTEST, theirs.tip.hash, 2, REGTEST.genesis_bits, ahead,
-                                            REGTEST.dev_pubkey(9))))
-    server.stall = False
-    try:
-        def took_what_it_could() -> bool:
-            server.serve()
-            return cluster.status("a")["height"] == 1 and server.requests.get("get_headers", 0) >= 3
-
-        wait_until(took_what_it_could, what="a takes block 1 and keeps asking for the header it found too new")
-        assert cluster.status("a")["best_header"] == 1
-        assert _peer_entry(cluster, "a", "mallory")["score"] == 0
-    finally:
-        mallory.close()
-
-
-def test_a_claim_of_more_work_without_headers_neither_stops_a_synced_node_nor_is_asked_twice(cluster):
-    cluster.add_node("a", request_timeout_s=1.0)
-    wait_until(lambda: cluster.status("a")["synced"], what="a synced on its own chain")
-    mallory = HostilePeer(cluster)
-    modest = wire.encode("tip", node="mallory", height=0, hash=bytes(range(32)), work=bytes(32))
-    claim = wire.encode("tip", node="mallory", height=10**6, hash=bytes(range(32)), work=(2**200).to_bytes(32, "big"))
-    replies = {"get_tip": modest, "get_mempool": wire.encode("mempool", txids=[])}
-    seen = {"get_tip": 0, "get_headers": 0}
-    was_synced = []
-
-    def ignore_headers() -> None:
-        while mallory.api.poll(0):
-            identity, request_id, payload = mallory.api.recv_multipart()
-            kind = wire.decode(payload).type
-            seen[kind] = seen.get(kind, 0) + 1
-            if kind in replies:
-                mallory.api.send_multipart([identity, request_id, replies[kind]])
-        if replies["get_tip"] is claim:
-            was_synced.append(cluster.status("a")["synced"])
-
-    try:
-        def synced_with_mallory() -> bool:
-            ignore_headers()
-            return seen["get_tip"] >= 2 and cluster.status("a")["synced"]
-
-        wait_until(synced_with_mallory, what="a synced with mallory as a peer")
-        replies["get_tip"] = claim
-        def stall_held_against_mallory() -> bool:
-            ignore_headers()
-            entry = _peer_entry(cluster, "a", "mallory")
-            return bool(entry and entry["score"] > 0)
-
-        wait_until(stall_held_against_mallory, what="a penalises mallory for never sending headers")
-        assert seen["get_headers"] == 1
-        tips_from = seen["get_tip"]
-
-        def four_more_tip_rounds() -> bool:
-            ignore_headers()
-            return seen["get_tip"] >= tips_from + 4
-
-        wait_until(four_more_tip_rounds, what="four more tip rounds")
-        assert seen["get_headers"] == 1  # the same unbacked claim is not chased again
-        assert all(was_synced), "a costless claim made a synced node stop (it would stop mining)"
-    finally:
-        mallory.close()
-
-
-def test_a_chain_longer_than_one_headers_reply_syncs_to_a_new_node(cluster):
-    blocks = MAX_HEADERS_PER_REPLY + 40
-    builder = Builder()
-    builder.mine_empty(blocks)
-    (cluster.tmp_path / "a").mkdir()
-    store, chain = open_chain(cluster.tmp_path / "a" / "chain.sqlite", synchronous="OFF")
-    add_all(chain, builder.blocks)  # a's store, written before a starts
-    store.close()
-    cluster.add_node("a")
-    assert cluster.tip("a") == (blocks, builder.tip.hash)
-    cluster.add_node("b")
-    wait_until(lambda: cluster.tip("b") == (blocks, builder.tip.hash), 60, "b synced past one headers reply")
-    assert cluster.status("b")["best_header"] == blocks
 
 
 @pytest.fixture(scope="module")

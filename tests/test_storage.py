@@ -14,19 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from chainutil import (
+from support.chain import (
     NOW,
     PARAMS,
     Builder,
     active_hashes,
     add_all,
     assert_store_consistent,
-    dev_outpoint,
     open_chain,
-    premine_spend,
     replay_active_chain,
-    spend_output,
 )
+from support.payments import dev_outpoint, premine_spend, spend_output
 from zcoin.chain import Chain
 from zcoin.consensus.params import LOCAL
 from zcoin.consensus.pow import block_work
@@ -69,7 +67,7 @@ def test_reopened_store_has_the_same_tip_utxo_set_and_index(tmp_path):
     assert store.utxo_snapshot() == utxo == builder.coins()
     assert {row.hash: (row.height, row.chain_work, row.status) for row in store.load_index()} == index
     assert chain.tip.chain_work == index[tip][1]
-    spent_premine = dev_outpoint(1)
+    spent_premine = dev_outpoint(PARAMS, 1)
     assert store.get_coin(spent_premine) is None
     assert store.get_block(builder.blocks[3].hash) == builder.blocks[3]
     assert store.tx_height(builder.blocks[3].txs[1].txid) == 3
@@ -83,7 +81,7 @@ def test_new_store_starts_at_genesis_with_the_premine(tmp_path):
     assert store.tip_hash() == PARAMS.genesis_hash
     premine = store.utxo_snapshot()
     assert len(premine) == PARAMS.dev_accounts
-    assert store.coins_of(PARAMS.dev_pubkey(2)) == [(dev_outpoint(2), Coin(PARAMS.dev_account_amount,
+    assert store.coins_of(PARAMS.dev_pubkey(2)) == [(dev_outpoint(PARAMS, 2), Coin(PARAMS.dev_account_amount,
                                                                            PARAMS.dev_pubkey(2), 0, True))]
     store.close()
 

@@ -27,23 +27,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zmq.utils.monitor import recv_monitor_message
 
+from support.waiting import wait_until
 from zcoin import wire
-from zcoin.tracker import (
-    BAN_SCORE,
-    HEARTBEAT_INTERVAL_S,
-    LEASE_MISSES,
-    MAX_REQUEST_BYTES,
-    MAX_SOCKET_MESSAGE_BYTES,
-    PENALTY_MALFORMED,
-    MemberInfo,
-    MembershipAgent,
-    TrackerServer,
-    TrackerUnavailable,
-    last_endpoint,
-    load_tracker_settings,
-    request_members,
-    resolve_events_endpoint,
-)
+from zcoin.config import HEARTBEAT_INTERVAL_S, LEASE_MISSES, load_tracker_settings
+from zcoin.misbehaviour import BAN_SCORE
+from zcoin.sockets import last_endpoint
+from zcoin.tracker.agent import MembershipAgent
+from zcoin.tracker.lookup import request_members
+from zcoin.tracker.protocol import MAX_REQUEST_BYTES, MemberInfo, TrackerUnavailable, resolve_events_endpoint
+from zcoin.tracker.registry import PENALTY_MALFORMED
+from zcoin.tracker.server import MAX_SOCKET_MESSAGE_BYTES, TrackerServer
 
 REPO = Path(__file__).resolve().parents[1]
 LISTENING = re.compile(r"tracker listening api=(\S+) events=(\S+)")
@@ -54,19 +47,6 @@ FAST = {"heartbeat_s": 0.2, "request_timeout_s": 0.3}
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
-               interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def reserve_port() -> int:
@@ -717,7 +697,8 @@ def test_tracker_process_killed_and_restarted_members_rejoin(tmp_path, ctx, trac
 MEMBER_SCRIPT = """
 import sys, threading, zmq
 from zcoin.log import setup_logging
-from zcoin.tracker import MemberInfo, MembershipAgent
+from zcoin.tracker.agent import MembershipAgent
+from zcoin.tracker.protocol import MemberInfo
 setup_logging("WARNING")
 tracker, node = sys.argv[1], sys.argv[2]
 agent = MembershipAgent([tracker], MemberInfo(node, "tcp://127.0.0.1:1", "tcp://127.0.0.1:2"),

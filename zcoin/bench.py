@@ -18,17 +18,22 @@ goals are reported next to ratios.
 from __future__ import annotations
 
 import hashlib
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from multiprocessing.connection import wait
+from statistics import median
 from typing import Any
 
 import coincurve
 
 from zcoin.consensus.builders import sign_transaction
-from zcoin.consensus.params import REGTEST, ChainParams, dev_secret_key
+from zcoin.consensus.params import LOCAL, REGTEST, ChainParams, dev_secret_key
 from zcoin.consensus.primitives import BlockHeader, OutPoint, Transaction, TxOut, hash_header, sighash
 from zcoin.consensus.validation import Coin, MemoryUtxoSet, check_transaction, check_tx_inputs
+from zcoin.consensus.pow import bits_to_target
+from zcoin.mining import _NONCE, _SHA256, CHECK_INTERVAL_HASHES, HEADER_PREFIX_BYTES, NONCE_SPACE, MiningJob, MiningPool
 
 DEFAULT_SECONDS = 2.0
 ROUNDS = 20  # alternations of subject and baseline within the budget
@@ -180,3 +185,182 @@ BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "verify": bench_verify,
     "header_hash": bench_header_hash,
 }
+
+
+# --- mining (zcoin bench hash) -----------------------------------------------------------
+
+BENCH_SLICE_S = 0.5  # each measured phase; phases alternate so background load hits all alike
+BENCH_SWITCHES = 20  # job switches timed on the N-worker pool
+BENCH_READY_TIMEOUT_S = 30.0  # spawning workers on a loaded machine
+
+
+def _plain_loop(prefix: bytes, target: int, seconds: float, sha256: Any = hashlib.sha256) -> tuple[int, float]:
+    """A loop in this process, no pool: midstate copy + update(nonce) + second SHA-256 + compare.
+
+    Returns (hashes, seconds).  With ``hashlib.sha256`` it is the benchmark's
+    baseline; with ``_SHA256`` it is exactly a worker's per-nonce work.
+    """
+    target_be = target.to_bytes(32, "big")
+    top = target_be[0]
+    pack = _NONCE.pack
+    copy = sha256(prefix).copy
+    hashes = found = base = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while time.perf_counter() < deadline:
+        for nonce in range(base, base + CHECK_INTERVAL_HASHES):
+            h = copy()
+            h.update(pack(nonce))
+            digest = sha256(h.digest()).digest()
+            if digest[31] <= top and digest[::-1] <= target_be:
+                found += 1
+        base = (base + CHECK_INTERVAL_HASHES) % NONCE_SPACE
+        hashes += CHECK_INTERVAL_HASHES
+    return hashes, time.perf_counter() - start
+
+
+def _wait_switched(pool: MiningPool, timeout_s: float) -> None:
+    """Wait until every worker of ``pool`` acknowledged its current job."""
+    deadline = time.monotonic() + timeout_s
+    while pool.switched_workers < pool.size:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"{pool.size - pool.switched_workers} mining workers did not start")
+        wait([pool], min(remaining, 0.5))
+        pool.poll_results()
+
+
+def _cpu_seconds(pids: list[int | None]) -> float:
+    """CPU time the processes ``pids`` have used (Linux ``/proc``; 0.0 where unreadable)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _measure_pool(pool: MiningPool, job: MiningJob, seconds: float) -> tuple[list[int], float, float]:
+    """Hashes per worker, wall time and worker CPU time while ``pool`` searches ``job`` for ``seconds``."""
+    pool.submit(job)
+    _wait_switched(pool, BENCH_READY_TIMEOUT_S)
+    first, start, cpu = pool.hash_counts(), time.perf_counter(), _cpu_seconds(pool.pids())
+    deadline = start + seconds
+    while (remaining := deadline - time.perf_counter()) > 0:
+        wait([pool], remaining)
+        pool.poll_results()
+    last, elapsed, cpu = pool.hash_counts(), time.perf_counter() - start, _cpu_seconds(pool.pids()) - cpu
+    pool.cancel()
+    return [b - a for a, b in zip(first, last, strict=True)], elapsed, cpu
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def bench_hash(workers: int | None = None, seconds: float = 5.0) -> dict:
+    """Hash rate of the pool with 1 and ``workers`` workers against plain in-process loops.
+
+    Four measurements alternate in slices over about ``seconds`` so that other
+    load on the machine hits them alike.  The job is the local network's
+    genesis header and target.  Reported:
+
+    - ``baseline_hashes_per_second``: the plain hashlib midstate loop in this
+      process (:func:`_plain_loop` with ``hashlib.sha256``, i.e. OpenSSL);
+    - ``kernel_hashes_per_second``: the same loop with the hash type the
+      workers use (:data:`_SHA256`): a worker's exact work without the pool;
+    - ``hashes_per_second`` / ``per_worker_hashes_per_second``: the
+      ``workers``-worker pool, from its own counters;
+    - ``hashes_per_second_1_worker``: the pool with one worker;
+    - ``per_worker_ratio`` = 1-worker pool / baseline;
+      ``pool_overhead_ratio`` = 1-worker pool / kernel (what the pool's
+      counters, checks and processes cost);
+    - ``scaling`` = ``workers``-worker pool / 1-worker pool; other load on the
+      machine lowers it, so ``cores_used`` (worker CPU seconds per second,
+      ideally ``workers``) and ``scaling_per_core`` (hashes per worker CPU
+      second, N workers against one) tell contention from pool overhead;
+    - ``ratio`` = ``hashes_per_second`` / (baseline x ``workers``): the whole
+      pool against ideal scaling of the plain loop;
+    - ``switch_latency_ms``: from :meth:`MiningPool.submit` of a new job while
+      searching until every worker acknowledged it (median and max of
+      ``BENCH_SWITCHES``).
+    """
+    workers = workers or os.cpu_count() or 1
+    load_before = _load_average()
+    header = LOCAL.genesis.header
+    prefix = header.serialize()[:HEADER_PREFIX_BYTES]
+    target = bits_to_target(header.bits)
+    phases = 4
+    rounds = max(1, round(seconds / (phases * BENCH_SLICE_S)))
+    slice_s = seconds / (phases * rounds)
+    job_ids = iter(range(1, 1 << 62))
+
+    def next_job() -> MiningJob:
+        return MiningJob(next(job_ids), prefix, target, header.time, header.time + LOCAL.max_future_block_time_s)
+
+    totals = {"baseline": [0, 0.0], "kernel": [0, 0.0], "one": [0, 0.0]}
+    many, many_time = [0] * workers, 0.0
+    one_cpu = many_cpu = 0.0
+    latencies = []
+    # nice=0: measured against a loop in this process, the workers must not yield to it.
+    with MiningPool(1, nice=0) as one, MiningPool(workers, nice=0) as pool:
+        for _ in range(rounds):
+            for name, sha256 in (("baseline", hashlib.sha256), ("kernel", _SHA256)):
+                hashes, elapsed = _plain_loop(prefix, target, slice_s, sha256)
+                totals[name][0] += hashes
+                totals[name][1] += elapsed
+            counts, elapsed, cpu = _measure_pool(one, next_job(), slice_s)
+            totals["one"][0] += sum(counts)
+            totals["one"][1] += elapsed
+            one_cpu += cpu
+            counts, elapsed, cpu = _measure_pool(pool, next_job(), slice_s)
+            many, many_time = [a + b for a, b in zip(many, counts, strict=True)], many_time + elapsed
+            many_cpu += cpu
+        for _ in range(BENCH_SWITCHES):
+            before = pool.hash_counts()
+            pool.submit(next_job())
+            _wait_switched(pool, BENCH_READY_TIMEOUT_S)
+            latencies.append(pool.switch_latency_s)
+            # Let every worker get going on the job before replacing it.
+            deadline = time.monotonic() + BENCH_READY_TIMEOUT_S
+            while any(a - b < 2 * CHECK_INTERVAL_HASHES for a, b in zip(pool.hash_counts(), before, strict=True)):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("mining workers stopped hashing")
+                wait([pool], 0.001)
+                pool.poll_results()
+        pool.cancel()
+    baseline, kernel, rate_one = (hashes / elapsed for hashes, elapsed in totals.values())
+    per_worker = [hashes / many_time for hashes in many]
+    rate_many = sum(per_worker)
+    cores_one, cores_many = one_cpu / totals["one"][1], many_cpu / many_time
+    return {
+        "workers": workers,
+        "seconds": round(sum(elapsed for _, elapsed in totals.values()) + many_time, 3),
+        "hashes_per_second": round(rate_many),
+        "per_worker_hashes_per_second": [round(rate) for rate in per_worker],
+        "hashes_per_second_1_worker": round(rate_one),
+        "baseline_hashes_per_second": round(baseline),
+        "kernel_hashes_per_second": round(kernel),
+        "ratio": round(rate_many / (baseline * workers), 3),
+        "per_worker_ratio": round(rate_one / baseline, 3),
+        "pool_overhead_ratio": round(rate_one / kernel, 3),
+        "scaling": round(rate_many / rate_one, 3),
+        "cores_used_1_worker": round(cores_one, 2),
+        "cores_used": round(cores_many, 2),
+        "scaling_per_core": round((rate_many / cores_many) / (rate_one / cores_one), 3) if cores_one and cores_many
+        else None,
+        "switch_latency_ms": {"median": round(median(latencies) * 1000, 2),
+                              "max": round(max(latencies) * 1000, 2)},
+        "check_interval_hashes": CHECK_INTERVAL_HASHES,
+        "worker_nice": 0,
+        "hash_type": f"{_SHA256.__module__}.{_SHA256.__name__}",
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": [load_before, _load_average()],  # other load skews scaling: judge by it
+        "baseline": "hashlib.sha256(header[:76]) midstate; per nonce copy + update(nonce) + sha256 + compare",
+    }

@@ -41,7 +41,6 @@ from zcoin.consensus.validation import (
     retarget_window_start,
 )
 from zcoin.storage import HAVE_DATA, HEADER_ONLY, INVALID, ChainStore
-from zcoin.wire import MAX_HEADERS_PER_REPLY
 
 MAX_ORPHAN_BLOCKS = 256
 MAX_ORPHAN_BYTES = 32 * 1024 * 1024
@@ -268,14 +267,16 @@ class Chain:
         hashes.append(self.active[0])
         return hashes
 
-    def headers_after(self, locator: list[bytes], limit: int = MAX_HEADERS_PER_REPLY) -> list[BlockHeader]:
-        """Active-chain headers after the first locator hash we share (genesis if none)."""
+    def headers_after(self, locator: list[bytes], limit: int) -> list[BlockHeader]:
+        """Up to ``limit`` active-chain headers after the first locator hash we share (genesis if none).
+
+        The limit belongs to whoever asks (the wire protocol caps a headers reply)."""
         start = 0
         for block_hash in locator:
             if self.in_active_chain(block_hash):
                 start = self.index[block_hash].height
                 break
-        end = min(len(self.active), start + 1 + min(limit, MAX_HEADERS_PER_REPLY))
+        end = min(len(self.active), start + 1 + max(limit, 0))
         return [self.index[h].header for h in self.active[start + 1:end]]
 
     def blocks_to_fetch(self, limit: int = 128, target: IndexEntry | None = None,

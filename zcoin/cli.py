@@ -7,10 +7,14 @@ errors are one line on stderr (``click.ClickException``), never a traceback.
 from __future__ import annotations
 
 import sqlite3
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from zcoin.log import setup_logging
+
+if TYPE_CHECKING:
+    from zcoin.tracker.protocol import MemberInfo
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,8 +57,9 @@ def tracker_command(config_path: str | None, bind: str | None, events: str | Non
     Example:
       zcoin tracker --bind tcp://127.0.0.1:9000 --events tcp://127.0.0.1:9001
     """
-    from zcoin.config import ConfigError
-    from zcoin.tracker import TrackerError, load_tracker_settings, run_tracker
+    from zcoin.config import ConfigError, load_tracker_settings
+    from zcoin.tracker.protocol import TrackerError
+    from zcoin.tracker.server import run_tracker
 
     try:
         run_tracker(load_tracker_settings(config_path, bind=bind, events=events))
@@ -77,7 +82,8 @@ def peers_command(trackers: tuple[str, ...], as_json: bool, timeout_s: float) ->
     """
     import json
 
-    from zcoin.tracker import TrackerUnavailable, format_members, members_as_json, request_members
+    from zcoin.tracker.lookup import request_members
+    from zcoin.tracker.protocol import TrackerUnavailable
 
     try:
         members = request_members(list(trackers), timeout_s=timeout_s)
@@ -86,22 +92,23 @@ def peers_command(trackers: tuple[str, ...], as_json: bool, timeout_s: float) ->
     click.echo(json.dumps(members_as_json(members)) if as_json else format_members(members))
 
 
+def members_as_json(members: list[MemberInfo]) -> dict[str, Any]:
+    """The ``zcoin peers --json`` document."""
+    return {"members": [{"node": m.node_id, "gossip": m.gossip, "api": m.api, "age_s": m.age_s}
+                        for m in members]}
+
+
+def format_members(members: list[MemberInfo]) -> str:
+    """A plain table of members for ``zcoin peers``."""
+    if not members:
+        return "no members"
+    rows = [("NODE", "GOSSIP", "API", "LAST HEARTBEAT")]
+    rows += [(m.node_id, m.gossip, m.api, "?" if m.age_s is None else f"{m.age_s:.1f}s ago") for m in members]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:<{widths[2]}}  {d}".rstrip() for a, b, c, d in rows)
+
+
 # --- miners and the clients that talk to them --------------------------------------
-
-MINER_CONFIG_SPEC = {
-    "name": (str, None),
-    "network": (str, "local"),
-    "trackers": (list, ["tcp://127.0.0.1:9000"]),
-    "data_dir": (str, None),
-    "api": (str, "tcp://127.0.0.1:*"),
-    "gossip": (str, "tcp://127.0.0.1:*"),
-    "workers": (int, None),
-    "mine": (bool, True),
-    "wallet": (str, None),
-    "join_deadline_s": ((int, float), 30.0),
-    "heartbeat_s": ((int, float), 2.0),
-}
-
 
 def _fail(message: str) -> None:
     raise click.ClickException(message)
@@ -146,8 +153,8 @@ def miner_command(config_path, name, network, trackers, data_dir, api, gossip, w
     import signal
     from pathlib import Path
 
-    from zcoin.config import ConfigError, load_section
-    from zcoin.node import Node, NodeConfig
+    from zcoin.config import MINER_CONFIG_SPEC, ConfigError, NodeConfig, load_section
+    from zcoin.node import Node, StartError
     from zcoin.storage import StoreError
     from zcoin.wallet import WalletError, load_wallet, new_wallet, save_wallet
 
@@ -177,14 +184,8 @@ def miner_command(config_path, name, network, trackers, data_dir, api, gossip, w
             trackers=tracker_list, mine=mine, workers=workers or cfg["workers"], payout=payout,
             join_deadline_s=float(cfg["join_deadline_s"]), heartbeat_s=float(cfg["heartbeat_s"])))
         node.start()
-    except (WalletError, StoreError) as exc:
+    except (WalletError, StoreError, StartError) as exc:
         _fail(str(exc))
-    except Exception as exc:  # zmq bind failures and the like: one line, not a traceback
-        import zmq
-
-        if isinstance(exc, zmq.ZMQError):
-            _fail(f"cannot open sockets: {exc}")
-        raise
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
     signal.signal(signal.SIGINT, lambda *_: node.stop())
     try:
@@ -418,7 +419,7 @@ def bench_command(what: str, workers: int | None, seconds: float, as_json: bool)
     import os
 
     if what == "hash":
-        from zcoin.mining import bench_hash
+        from zcoin.bench import bench_hash
 
         result = bench_hash(workers or os.cpu_count() or 1, seconds)
     elif what == "verify":

@@ -247,7 +247,7 @@ def decode(frame: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
 register("error", reason=Str(64), detail=Opt(Str(1024)))
 
 # --- the miners' protocol: api requests and replies, gossip announcements --------------
-# (The tracker's messages are declared in zcoin.tracker, next to both of its ends.)
+# (The tracker's messages are declared in zcoin.tracker.protocol, shared by both of its ends.)
 
 MAX_HEADERS_PER_REPLY = 2000  # Bitcoin's cap on one ``headers`` message
 MAX_BLOCKS_PER_REQUEST = 16

@@ -1,7 +1,7 @@
 """A small functional test framework for zcoin, in the spirit of Bitcoin Core's ``test_framework``.
 
 A test starts real processes - trackers and miners - through the ``zcoin`` CLI
-(``python -m zcoin.cli``, via :class:`procutil.ZcoinProcess`) on ephemeral
+(``python -m zcoin.cli``, via :class:`support.processes.ZcoinProcess`) on ephemeral
 loopback ports with temporary data dirs, and talks to them only as a user or a
 peer would: the miners' api (:class:`zcoin.client.NodeClient`), the tracker's
 member list (``zcoin peers``), and, for a hostile peer, the wire protocol
@@ -11,18 +11,22 @@ itself.
   test makes; its ``close`` (called by the :func:`cluster` fixture in a
   ``finally``) kills them all and prints the logs when the test failed.
   Test modules import the fixture by name (``from framework import
-  cluster``): a ``conftest.py`` in this folder would displace
-  ``tests/conftest.py`` as the module ``conftest`` that other tests import
-  helpers from.
+  cluster``): a second ``conftest.py`` in this folder would clash with
+  ``tests/conftest.py`` as the module named ``conftest``.
 - :class:`MinerNode` / :class:`TrackerNode` wrap one daemon: start, stop
   (SIGTERM), kill (SIGKILL), restart.  A restart reuses the endpoints the
   first run bound, so trackers and peers find the process where it was (as a
   restarted daemon with a configured port would be).
-- :func:`wait_until`, :func:`sync_blocks`, :func:`sync_mempools`,
-  :func:`disconnect` / :func:`reconnect` (both directions, through the admin
-  api) are the waiting and partitioning helpers; none sleeps a fixed time.
-- :class:`HostilePeer` joins through the tracker like a miner, then publishes
-  crafted gossip on its own PUB and answers (or not) the honest nodes' requests.
+- :func:`sync_blocks`, :func:`sync_mempools`, :func:`disconnect` /
+  :func:`reconnect` (both directions, through the admin api) are the waiting
+  and partitioning helpers, built on :func:`support.waiting.wait_until`; none
+  sleeps a fixed time.
+- :meth:`FunctionalCluster.hostile_peer` adds a :class:`support.hostile.HostilePeer`:
+  it joins through the tracker like a miner, then publishes crafted gossip on
+  its own PUB and answers (or not) the honest nodes' requests.
+- :func:`premine_coin`, :func:`split` and :func:`spend_coin` make the
+  development accounts' coins into signed transactions (with
+  :func:`support.payments.pay`).
 - :class:`TxPusher` pushes signed transactions at a steady rate to several
   nodes (one thread per node), recording which node accepted which txid.
 - :func:`active_chain` and :func:`assert_confirmed_once_everywhere` check the
@@ -42,37 +46,29 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import msgpack
 import pytest
-import zmq
 
 from zcoin import wire
 from zcoin.client import NodeClient, NodeUnavailable
-from zcoin.consensus.builders import sign_transaction
-from zcoin.consensus.params import ChainParams, dev_secret_key, network
-from zcoin.consensus.primitives import Block, OutPoint, Transaction, TxOut
-from zcoin.tracker import MemberInfo, MembershipAgent
+from zcoin.consensus.params import ChainParams, network
+from zcoin.consensus.primitives import Block, OutPoint, Transaction
+from zcoin.tracker.agent import MembershipAgent
+from zcoin.tracker.protocol import MemberInfo
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
-if str(TESTS_DIR) not in sys.path:  # the shared helpers (procutil, nodeutil) live there
+if str(TESTS_DIR) not in sys.path:  # the shared helpers (the ``support`` package) live there
     sys.path.insert(0, str(TESTS_DIR))
 
-from procutil import ProcessGroup, ZcoinProcess, wait_for_all  # noqa: E402
+from support.hostile import HostilePeer  # noqa: E402
+from support.payments import dev_key, dev_outpoint, pay  # noqa: E402
+from support.processes import ProcessGroup, ZcoinProcess  # noqa: E402
+from support.waiting import wait_until  # noqa: E402
 
 LOOPBACK_ANY = "tcp://127.0.0.1:*"
 RPC_TIMEOUT_S = 10.0
-POLL_S = 0.1
+POLL_S = 0.1  # the cluster helpers' polling: every poll is an RPC to each node
 SYNC_TIMEOUT_S = 30.0
 LOAD_FEE = 300  # base units per load transaction (1 input, 1 output)
-
-
-# --- waiting ---------------------------------------------------------------------------
-
-
-def wait_until(condition: Callable[[], object], timeout: float = SYNC_TIMEOUT_S, what: str | None = None,
-               interval: float = POLL_S) -> object:
-    """Poll ``condition`` until it returns something truthy (returned); fail after ``timeout`` seconds."""
-    return wait_for_all(condition, timeout, what or getattr(condition, "__name__", "condition"), interval)
 
 
 # --- processes ---------------------------------------------------------------------------
@@ -313,6 +309,11 @@ class FunctionalCluster:
         self.clients: list[NodeClient] = []
         self.closables: list = []
 
+    @property
+    def tracker_endpoints(self) -> list[str]:
+        """Where members join: every tracker of the cluster."""
+        return [t.endpoint for t in self.trackers]
+
     def add_tracker(self, name: str | None = None) -> TrackerNode:
         tracker = TrackerNode(self, name or f"tracker{len(self.trackers) + 1}")
         self.trackers.append(tracker)
@@ -332,8 +333,9 @@ class FunctionalCluster:
         miners = [self.add_miner(name, wait=False, **kwargs) for name in names]
         return [m.wait_started() for m in miners]
 
-    def hostile_peer(self, name: str, trackers: list[TrackerNode] | None = None) -> HostilePeer:
-        peer = HostilePeer(name, [t.endpoint for t in (trackers or self.trackers)])
+    def hostile_peer(self, name: str) -> HostilePeer:
+        """A :class:`HostilePeer` joined to every tracker, closed with the cluster."""
+        peer = HostilePeer(self, name)
         self.closables.append(peer)
         return peer
 
@@ -374,7 +376,7 @@ def connected(nodes: list[MinerNode], expected: int | None = None) -> Callable[[
 
 
 def wait_connected(nodes: list[MinerNode], timeout: float = SYNC_TIMEOUT_S) -> None:
-    wait_until(connected(nodes), timeout, f"{[n.name for n in nodes]} fully connected")
+    wait_until(connected(nodes), timeout, f"{[n.name for n in nodes]} fully connected", POLL_S)
 
 
 def sync_blocks(nodes: list[MinerNode], timeout: float = SYNC_TIMEOUT_S, min_height: int = 0) -> tuple[int, bytes]:
@@ -387,7 +389,7 @@ def sync_blocks(nodes: list[MinerNode], timeout: float = SYNC_TIMEOUT_S, min_hei
             return tip if tip[0] >= min_height else None
         return None
 
-    return wait_until(same_tip, timeout, f"one tip (height >= {min_height}) on {[n.name for n in nodes]}")
+    return wait_until(same_tip, timeout, f"one tip (height >= {min_height}) on {[n.name for n in nodes]}", POLL_S)
 
 
 def sync_mempools(nodes: list[MinerNode], timeout: float = SYNC_TIMEOUT_S) -> set[bytes]:
@@ -400,7 +402,7 @@ def sync_mempools(nodes: list[MinerNode], timeout: float = SYNC_TIMEOUT_S) -> se
         found[:] = [pools[0]]
         return all(p == pools[0] for p in pools)
 
-    wait_until(same_mempool, timeout, f"one mempool on {[n.name for n in nodes]}")
+    wait_until(same_mempool, timeout, f"one mempool on {[n.name for n in nodes]}", POLL_S)
     return found[0]
 
 
@@ -409,14 +411,15 @@ def disconnect(a: MinerNode, b: MinerNode, timeout: float = SYNC_TIMEOUT_S) -> N
     a.admin("disconnect", b.name)
     b.admin("disconnect", a.name)
     wait_until(lambda: b.name not in a.peers() and a.name not in b.peers(), timeout,
-               f"{a.name} and {b.name} disconnected")
+               f"{a.name} and {b.name} disconnected", POLL_S)
 
 
 def reconnect(a: MinerNode, b: MinerNode, timeout: float = SYNC_TIMEOUT_S) -> None:
     """Undo :func:`disconnect` and wait until each lists the other again."""
     a.admin("reconnect", b.name)
     b.admin("reconnect", a.name)
-    wait_until(lambda: b.name in a.peers() and a.name in b.peers(), timeout, f"{a.name} and {b.name} reconnected")
+    wait_until(lambda: b.name in a.peers() and a.name in b.peers(), timeout, f"{a.name} and {b.name} reconnected",
+               POLL_S)
 
 
 # --- the chain as the nodes report it ----------------------------------------------------------
@@ -498,21 +501,18 @@ class Coin:
 
 def premine_coin(params: ChainParams, account: int) -> Coin:
     """Development account ``account``'s genesis output."""
-    genesis_tx = params.genesis.txs[0]
-    return Coin(OutPoint(genesis_tx.txid, account), genesis_tx.outputs[account].amount, account)
+    return Coin(dev_outpoint(params, account), params.dev_account_amount, account)
 
 
-def pay(coin: Coin, params: ChainParams, to_account: int, fee: int = LOAD_FEE) -> Transaction:
+def spend_coin(coin: Coin, params: ChainParams, to_account: int, fee: int = LOAD_FEE) -> Transaction:
     """A signed transaction moving ``coin`` (less ``fee``) to development account ``to_account``."""
-    return sign_transaction([(coin.outpoint, dev_secret_key(coin.account))],
-                            [TxOut(coin.amount - fee, params.dev_pubkey(to_account))])
+    return pay([(coin.outpoint, dev_key(coin.account))], [coin.amount - fee], params.dev_pubkey(to_account))
 
 
 def split(coin: Coin, params: ChainParams, outputs: int, fee: int = 100_000) -> tuple[Transaction, list[Coin]]:
     """A transaction splitting ``coin`` into ``outputs`` equal coins of the same account."""
     each = (coin.amount - fee) // outputs
-    tx = sign_transaction([(coin.outpoint, dev_secret_key(coin.account))],
-                          [TxOut(each, params.dev_pubkey(coin.account))] * outputs)
+    tx = pay([(coin.outpoint, dev_key(coin.account))], [each] * outputs)
     return tx, [Coin(OutPoint(tx.txid, i), each, coin.account) for i in range(outputs)]
 
 
@@ -574,7 +574,7 @@ class TxPusher:
             if not self.coins:
                 return None
             coin = self.coins.popleft()
-        return pay(coin, self.params, (coin.account + 1) % self.params.dev_accounts)
+        return spend_coin(coin, self.params, (coin.account + 1) % self.params.dev_accounts)
 
     def _run(self, node: MinerNode) -> None:
         log = self.logs[node.name]
@@ -622,83 +622,6 @@ class TxPusher:
     def summary(self) -> dict:
         return {name: {"accepted": len(log.accepted), "rejected": len(log.rejected),
                        "unanswered": len(log.unanswered)} for name, log in self.logs.items()}
-
-
-# --- a hostile peer ---------------------------------------------------------------------------
-
-
-class HostilePeer:
-    """A member of the cluster that speaks the wire protocol with crafted messages.
-
-    It joins the trackers through :class:`zcoin.tracker.MembershipAgent`
-    like a miner, so the honest nodes connect a SUB to its PUB and a DEALER to
-    its ROUTER.  Gossip is whatever the test sends; requests from the honest
-    nodes are answered only by :meth:`answer_requests`, with the test's
-    handler (called from the test's thread: sockets never cross threads).
-    """
-
-    def __init__(self, name: str, trackers: list[str]) -> None:
-        ctx = zmq.Context.instance()
-        self.name = name
-        self.pub = ctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        self.pub.bind(LOOPBACK_ANY)
-        self.api = ctx.socket(zmq.ROUTER)
-        self.api.setsockopt(zmq.LINGER, 0)
-        self.api.bind(LOOPBACK_ANY)
-        me = MemberInfo(name, self.pub.getsockopt_string(zmq.LAST_ENDPOINT),
-                        self.api.getsockopt_string(zmq.LAST_ENDPOINT))
-        self.agent = MembershipAgent(trackers, me, context=ctx, heartbeat_s=0.5)
-        self.agent.start()
-        self.seq = 0
-        self.requests: list[str] = []  # types of the requests seen, in order
-
-    def gossip_frames(self, *frames: bytes) -> None:
-        """Publish raw frames (a well-formed gossip message is ``[topic, payload]``)."""
-        self.pub.send_multipart(list(frames))
-
-    def next_seq(self) -> int:
-        self.seq += 1
-        return self.seq
-
-    def gossip_block(self, block: Block | bytes) -> None:
-        raw = block.raw if isinstance(block, Block) else block
-        self.gossip_frames(b"block", wire.encode("gossip_block", seq=self.next_seq(), block=raw))
-
-    def gossip_tx(self, tx: Transaction | bytes) -> None:
-        raw = tx.raw if isinstance(tx, Transaction) else tx
-        self.gossip_frames(b"tx", wire.encode("gossip_tx", seq=self.next_seq(), tx=raw))
-
-    @staticmethod
-    def envelope(msg_type: str, version: int = wire.PROTOCOL_VERSION, **fields) -> bytes:
-        """A message map packed without the schema check (any version, any fields)."""
-        return msgpack.packb({"v": version, "t": msg_type, **fields}, use_bin_type=True)
-
-    def answer_requests(self, handler: Callable[[wire.Message], bytes | None]) -> int:
-        """Read the requests waiting on the api; reply with ``handler(msg)`` unless it returns None."""
-        count = 0
-        while True:
-            try:
-                identity, *rest = self.api.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return count
-            count += 1
-            try:
-                msg = wire.decode(rest[-1])
-            except wire.WireError:
-                continue
-            self.requests.append(msg.type)
-            reply = handler(msg)
-            if reply is not None:
-                self.api.send_multipart([identity, *rest[:-1], reply])
-
-    def close(self) -> None:
-        self.agent.stop()
-        self.pub.close(0)
-        self.api.close(0)
-
-    def __repr__(self) -> str:
-        return f"HostilePeer({self.name})"
 
 
 def peer_entry(node: MinerNode, peer: str) -> dict | None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 
 from framework import (TxPusher, active_chain, assert_confirmed_once_everywhere, fund_load, pid_alive,
-                       sqlite_integrity, sync_blocks, wait_connected, wait_until)
+                       sqlite_integrity, sync_blocks, wait_connected)
 from framework import cluster  # noqa: F401  (a fixture: tests take it by name)
+from support.waiting import wait_until
 
 RATE_PER_NODE = 20.0
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from framework import TxPusher, assert_confirmed_once_everywhere, fund_load, sync_blocks, wait_connected, wait_until
+from framework import TxPusher, assert_confirmed_once_everywhere, fund_load, sync_blocks, wait_connected
 from framework import cluster  # noqa: F401  (a fixture: tests take it by name)
+from support.waiting import wait_until
 
 LOAD_SECONDS = 6.0
 RATE_PER_NODE = 25.0

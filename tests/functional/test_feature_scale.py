@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from framework import active_chain, pay, premine_coin, sync_blocks, sync_mempools, wait_connected, wait_until
+from framework import active_chain, premine_coin, spend_coin, sync_blocks, sync_mempools, wait_connected
 from framework import cluster  # noqa: F401  (a fixture: tests take it by name)
+from support.waiting import wait_until
 
 MINING = ["miner1", "miner2"]
 RELAYING = [f"relay{i}" for i in range(3, 9)]
@@ -25,7 +26,7 @@ def test_eight_miners_converge_on_one_chain_and_a_ninth_joining_late_syncs_it(cl
     height, _ = sync_blocks(nodes, min_height=4, timeout=90)
 
     # A transaction pushed to one relay reaches all eight mempools (or a block) before being confirmed everywhere.
-    tx = pay(premine_coin(nodes[0].params, 0), nodes[0].params, to_account=1)
+    tx = spend_coin(premine_coin(nodes[0].params, 0), nodes[0].params, to_account=1)
     assert nodes[-1].push_tx(tx)["accepted"]
     wait_until(lambda: all(n.tx_state(tx.txid)[0] in ("mempool", "confirmed") for n in nodes), 20,
                "the transaction relayed to every node")
@@ -42,7 +43,7 @@ def test_eight_miners_converge_on_one_chain_and_a_ninth_joining_late_syncs_it(cl
         [b.hash for b in active_chain(nodes[0], up_to=tip_height)]
     assert late.tx_state(tx.txid)[0] == "confirmed"
     # Mempools agree too (a transaction pushed to the late node is relayed to the eight).
-    later = pay(premine_coin(late.params, 1), late.params, to_account=2)
+    later = spend_coin(premine_coin(late.params, 1), late.params, to_account=2)
     assert late.push_tx(later)["accepted"]
     wait_until(lambda: all(n.tx_state(later.txid)[0] in ("mempool", "confirmed") for n in nodes), 20,
                "the late node's transaction relayed to all")

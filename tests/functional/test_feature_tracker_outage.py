@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import pytest
 
-from framework import MinerNode, logged, pay, premine_coin, sync_blocks, wait_connected, wait_until
+from framework import MinerNode, logged, premine_coin, spend_coin, sync_blocks, wait_connected
 from framework import cluster  # noqa: F401  (a fixture: tests take it by name)
+from support.waiting import wait_until
 
 
 def relayed_and_mined(sender: MinerNode, nodes: list[MinerNode], account: int, blocks: int = 2) -> None:
     """A transaction pushed to ``sender`` reaches every node and is confirmed; ``blocks`` more blocks follow."""
     start = max(n.height for n in nodes)
-    tx = pay(premine_coin(sender.params, account), sender.params, to_account=(account + 1) % 10)
+    tx = spend_coin(premine_coin(sender.params, account), sender.params, to_account=(account + 1) % 10)
     assert sender.push_tx(tx)["accepted"]
     wait_until(lambda: all(n.tx_state(tx.txid)[0] == "confirmed" for n in nodes), 60,
                f"tx from {sender.name} relayed and confirmed on every node")

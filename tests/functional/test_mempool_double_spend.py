@@ -7,8 +7,9 @@ only relays and watches.
 
 from __future__ import annotations
 
-from framework import active_chain, confirmed_txids, pay, premine_coin, sync_blocks, wait_connected, wait_until
+from framework import active_chain, confirmed_txids, premine_coin, spend_coin, sync_blocks, wait_connected
 from framework import cluster  # noqa: F401  (a fixture: tests take it by name)
+from support.waiting import wait_until
 
 ACCOUNTS = (0, 1, 2, 3)
 ACCEPTED_OR_CONFLICT = {"txn-mempool-conflict", "bad-txns-inputs-missingorspent"}
@@ -24,8 +25,8 @@ def test_conflicting_spends_pushed_at_once_to_two_miners_end_with_exactly_one_co
     params = alpha.params
 
     # One pair per account: the same premine output paid to two different accounts.
-    pairs = [(pay(premine_coin(params, a), params, to_account=8, fee=300),
-              pay(premine_coin(params, a), params, to_account=9, fee=500)) for a in ACCOUNTS]
+    pairs = [(spend_coin(premine_coin(params, a), params, to_account=8, fee=300),
+              spend_coin(premine_coin(params, a), params, to_account=9, fee=500)) for a in ACCOUNTS]
     for first, second in pairs:  # all requests in flight before any reply is read
         alpha.client.send("push_tx", tx=first.raw)
         bravo.client.send("push_tx", tx=second.raw)

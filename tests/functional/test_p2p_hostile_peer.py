@@ -20,33 +20,21 @@ import os
 import pytest
 import zmq
 
-from framework import (HostilePeer, MinerNode, pay, peer_entry, premine_coin, sync_blocks,
-                       wait_connected, wait_until)
+from framework import MinerNode, peer_entry, premine_coin, spend_coin, sync_blocks, wait_connected
 from framework import cluster  # noqa: F401  (a fixture: tests take it by name)
-from nodeutil import make_block
+from support.chain import with_header
+from support.cluster import make_block
+from support.hostile import HostilePeer
+from support.payments import dev_key, dev_outpoint, pay
+from support.waiting import wait_until
 from zcoin import wire
 from zcoin.client import NodeClient
-from zcoin.consensus.builders import sign_transaction
-from zcoin.consensus.params import LOCAL, REGTEST, dev_secret_key
+from zcoin.consensus.params import LOCAL, REGTEST
 from zcoin.consensus.pow import bits_to_target, block_work, hash_meets_target
-from zcoin.consensus.primitives import Block, BlockHeader, OutPoint, TxOut
+from zcoin.consensus.primitives import Block, BlockHeader
 
 OVER_WIRE_LIMIT = wire.MAX_MESSAGE_BYTES + 1024
 UNDER_WIRE_LIMIT = wire.MAX_MESSAGE_BYTES - 1024
-
-
-def ground(header: BlockHeader) -> BlockHeader:
-    """``header`` with the first nonce whose hash meets its own bits' target (regtest: a few tries)."""
-    target = bits_to_target(header.bits)
-    for nonce in range(1 << 20):
-        candidate = dataclasses.replace(header, nonce=nonce)
-        if hash_meets_target(candidate.hash, target):
-            return candidate
-    raise AssertionError("no nonce found")
-
-
-def with_header(block: Block, **changes) -> Block:
-    return Block(ground(dataclasses.replace(block.header, **changes)), block.txs)
 
 
 def bad_pow(block: Block) -> Block:
@@ -65,15 +53,15 @@ def invalid_blocks(honest: MinerNode) -> dict[str, Block]:
         "bad-merkle": with_header(make_block(client, tag=b"evil-merkle"), merkle_root=bytes(32)),
         "wrong-bits": with_header(make_block(client, tag=b"evil-bits"), bits=0x207FFFFE),
         "bad-coinbase-amount": make_block(client, fees=1, tag=b"evil-coinbase"),  # claims a fee nobody paid
-        "double-spend": make_block(client, txs=[pay(spend, REGTEST, 1, fee=1000), pay(spend, REGTEST, 2, fee=2000)],
+        "double-spend": make_block(client, txs=[spend_coin(spend, REGTEST, 1, fee=1000),
+                                                spend_coin(spend, REGTEST, 2, fee=2000)],
                                    fees=3000, tag=b"evil-double"),
     }
 
 
 def forged_tx():
     """Development account 2's premine, signed with account 3's key."""
-    genesis_tx = REGTEST.genesis.txs[0]
-    return sign_transaction([(OutPoint(genesis_tx.txid, 2), dev_secret_key(3))], [TxOut(1000, REGTEST.dev_pubkey(3))])
+    return pay([(dev_outpoint(REGTEST, 2), dev_key(3))], [1000], REGTEST.dev_pubkey(3))
 
 
 class Liar:
@@ -110,12 +98,12 @@ def test_hostile_peers_are_penalised_while_honest_nodes_stay_up_on_their_tips(cl
     junk = os.urandom(UNDER_WIRE_LIMIT)
     valid = make_block(alpha.client, tag=b"valid-but-badly-wrapped")  # would move the tips if taken
     attacks = {  # attacker -> one round of its misbehaviour
-        "garbage": lambda p: (p.gossip_frames(b"block", os.urandom(64)), p.gossip_frames(b"tx", b"\xc1"),
-                              p.gossip_frames(b"block", b"a", b"b", b"c")),
-        "wrong-version": lambda p: p.gossip_frames(b"block", p.envelope("gossip_block", version=wire.PROTOCOL_VERSION + 1,
+        "garbage": lambda p: (p.gossip(b"block", os.urandom(64)), p.gossip(b"tx", b"\xc1"),
+                              p.gossip(b"block", b"a", b"b", b"c")),
+        "wrong-version": lambda p: p.gossip(b"block", p.envelope("gossip_block", version=wire.PROTOCOL_VERSION + 1,
                                                                          seq=p.next_seq(), block=valid.raw)),
-        "wrong-topic": lambda p: p.gossip_frames(b"tx", wire.encode("gossip_block", seq=p.next_seq(), block=valid.raw)),
-        "near-limit-junk": lambda p: p.gossip_frames(b"block", junk),  # read whole, then found malformed
+        "wrong-topic": lambda p: p.gossip(b"tx", wire.encode("gossip_block", seq=p.next_seq(), block=valid.raw)),
+        "near-limit-junk": lambda p: p.gossip(b"block", junk),  # read whole, then found malformed
         "forged-tx": lambda p: p.gossip_tx(forged),
         "undecodable-tx": lambda p: p.gossip_tx(b"\x93\x01\x02"),
         "liar": lambda p: p.answer_requests(liar),
@@ -150,7 +138,7 @@ def test_hostile_peers_are_penalised_while_honest_nodes_stay_up_on_their_tips(cl
     block = make_block(alpha.client, tag=b"after")
     assert alpha.submit_block(block)["accepted"]
     assert sync_blocks(honest, min_height=tip_before[0] + 1) == (tip_before[0] + 1, block.hash)
-    tx = pay(premine_coin(REGTEST, 5), REGTEST, 6)
+    tx = spend_coin(premine_coin(REGTEST, 5), REGTEST, 6)
     assert bravo.push_tx(tx)["accepted"]
     wait_until(lambda: tx.txid in alpha.mempool(), 10, "bravo's transaction relayed to alpha")
     # While banned, an attacker's valid block is ignored: it does not move the tips.
@@ -206,7 +194,7 @@ def test_peer_gossiping_frames_over_the_size_limit_is_penalised(cluster):
     wait_until(lambda: all("bulky" in n.peers() for n in honest), 20, "honest nodes connect to bulky")
 
     def penalised() -> bool:
-        bulky.gossip_frames(b"block", bytes(OVER_WIRE_LIMIT))
+        bulky.gossip(b"block", bytes(OVER_WIRE_LIMIT))
         return all(n.peers()["bulky"]["score"] > 0 for n in honest)
 
     try:

@@ -8,9 +8,10 @@ loser, whichever it is.
 
 from __future__ import annotations
 
-from framework import (assert_confirmed_once_everywhere, disconnect, logged, pay, premine_coin, reconnect,
-                       sync_blocks, wait_connected, wait_until)
+from framework import (assert_confirmed_once_everywhere, disconnect, logged, premine_coin, reconnect, spend_coin,
+                       sync_blocks, wait_connected)
 from framework import cluster  # noqa: F401  (a fixture: tests take it by name)
+from support.waiting import wait_until
 
 BLOCKS_APART = 2
 
@@ -31,8 +32,8 @@ def test_halves_mining_apart_heal_to_one_tip_and_the_losing_half_transactions_co
 
     # Each half confirms transactions of its own (pushed to its relay-only node) and mines ahead.
     params = alpha.params
-    txs = {0: [pay(premine_coin(params, a), params, to_account=9) for a in (0, 1)],
-           1: [pay(premine_coin(params, a), params, to_account=9) for a in (2, 3)]}
+    txs = {0: [spend_coin(premine_coin(params, a), params, to_account=9) for a in (0, 1)],
+           1: [spend_coin(premine_coin(params, a), params, to_account=9) for a in (2, 3)]}
     for side, (_, relay) in enumerate(halves):
         for tx in txs[side]:
             assert relay.push_tx(tx)["accepted"]

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nodeutil import wait_until
+from .waiting import wait_until
 
 CLI = [sys.executable, "-m", "zcoin.cli"]
 
@@ -125,8 +125,3 @@ class ProcessGroup:
         if show_logs:
             for proc in self.procs.values():
                 sys.stderr.write(f"\n===== log of {proc.name} =====\n{proc.log()[-6000:]}\n")
-
-
-def wait_for_all(predicate, timeout: float, what: str, interval: float = 0.2):
-    """``wait_until`` polling less often, for conditions that each cost a process start."""
-    return wait_until(predicate, timeout, what, interval)

@@ -1,4 +1,4 @@
-"""Helpers for node tests: waiting on conditions, in-process clusters, making blocks from outside.
+"""An in-process cluster for node tests, and blocks made from outside a node.
 
 Nodes here are real :class:`zcoin.node.Node` objects, each in a thread of its
 own with its own sockets and SQLite file, talking over real ZeroMQ sockets on
@@ -9,31 +9,18 @@ into their state from another thread.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Iterable
 from pathlib import Path
 
 from zcoin.client import NodeClient
-from zcoin.consensus.builders import new_template, sign_transaction, solve
-from zcoin.consensus.params import REGTEST, ChainParams, dev_secret_key
-from zcoin.consensus.primitives import Block, OutPoint, Transaction, TxOut
+from zcoin.consensus.builders import new_template, solve
+from zcoin.consensus.params import REGTEST, ChainParams
+from zcoin.consensus.primitives import Block, Transaction
 from zcoin.node import Node, NodeConfig
-from zcoin.tracker import TrackerServer
+from zcoin.tracker.server import TrackerServer
 
-POLL_S = 0.02
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition",
-               interval: float = POLL_S) -> object:
-    """Poll ``predicate`` every ``interval`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+from .chain import MINER_PUBKEY
+from .waiting import wait_until
 
 
 class Cluster:
@@ -45,6 +32,11 @@ class Cluster:
         self.tracker = TrackerServer("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", lease_s=3.0).start()
         self.nodes: dict[str, Node] = {}
         self.clients: dict[str, NodeClient] = {}
+
+    @property
+    def tracker_endpoints(self) -> list[str]:
+        """Where members join (what a :class:`~support.hostile.HostilePeer` needs)."""
+        return [self.tracker.endpoint]
 
     def add_node(self, name: str, **config) -> Node:
         config.setdefault("mine", False)
@@ -67,26 +59,32 @@ class Cluster:
         return self.add_node(name, **config)
 
     def status(self, name: str) -> dict:
+        """The ``status`` reply of node ``name``."""
         return self.clients[name].request("status").fields
 
     def tip(self, name: str) -> tuple[int, bytes]:
+        """Height and hash of node ``name``'s tip."""
         reply = self.clients[name].request("get_tip")
         return reply["height"], reply["hash"]
 
     def wait_connected(self, timeout: float = 15.0) -> None:
+        """Wait until every node is connected to every other."""
         expected = len(self.nodes) - 1
         wait_until(lambda: all(self.status(n)["peers"] == expected for n in self.nodes), timeout,
                    f"every node to have {expected} peers")
 
     def wait_same_tip(self, names=None, timeout: float = 20.0) -> tuple[int, bytes]:
+        """Wait until nodes ``names`` (default: all) are on one tip; return it."""
         names = list(names or self.nodes)
         wait_until(lambda: len({self.tip(n) for n in names}) == 1, timeout, f"one tip on {names}")
         return self.tip(names[0])
 
     def mempool(self, name: str) -> set[bytes]:
+        """The txids in node ``name``'s mempool."""
         return set(self.clients[name].request("get_mempool")["txids"])
 
     def close(self) -> None:
+        """Stop every node and the tracker."""
         for client in self.clients.values():
             client.close()
         for node in self.nodes.values():
@@ -98,30 +96,19 @@ class Cluster:
         self.tracker.stop()
 
 
-def make_block(client: NodeClient, params: ChainParams = REGTEST, txs: list[Transaction] = (), fees: int = 0,
-               payout: bytes | None = None, tag: bytes = b"") -> Block:
-    """A valid regtest block on the node's current tip (regtest never retargets)."""
+def make_block(client: NodeClient, params: ChainParams = REGTEST, txs: Iterable[Transaction] = (), fees: int = 0,
+               payout: bytes = MINER_PUBKEY, tag: bytes = b"") -> Block:
+    """A solved block over ``txs`` on the node's current tip, claiming ``fees`` (regtest never retargets)."""
     tip = client.request("get_tip")
     parent = Block.parse(client.request("get_block", hash=tip["hash"])["block"])
     template = new_template(params, tip["hash"], tip["height"] + 1, params.genesis_bits,
-                            parent.header.time + 1, payout or params.dev_pubkey(9), list(txs), fees)
+                            parent.header.time + 1, payout, list(txs), fees)
     template.extra_nonce = tag
     return solve(template)
 
 
 def submit(client: NodeClient, block: Block) -> dict:
+    """Hand ``block`` to the node with ``submit_block``; it must be accepted."""
     reply = client.request("submit_block", block=block.raw).fields
     assert reply["accepted"], reply
     return reply
-
-
-def premine_spend(index: int, params: ChainParams = REGTEST, amount: int | None = None, fee: int = 1000,
-                  to: int | None = None) -> Transaction:
-    """A transaction spending development account ``index``'s premine output."""
-    genesis_tx = params.genesis.txs[0]
-    value = genesis_tx.outputs[index].amount
-    pay = amount if amount is not None else value - fee
-    outputs = [TxOut(pay, params.dev_pubkey(to if to is not None else index))]
-    if value - pay - fee > 0:
-        outputs.append(TxOut(value - pay - fee, params.dev_pubkey(index)))
-    return sign_transaction([(OutPoint(genesis_tx.txid, index), dev_secret_key(index))], outputs)

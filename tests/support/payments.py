@@ -1,0 +1,80 @@
+"""Signed transactions for tests: the development accounts' premine, and payments from any coin.
+
+Every network's genesis block pays each development account ``i`` one
+premine output, at index ``i`` of the genesis coinbase
+(:func:`dev_outpoint`), spendable with ``dev_secret_key(i)``.  :func:`pay` is
+the one way to sign a payment here; :func:`premine_spend` and
+:func:`spend_output` are the common payments of one account's coin back to an
+account, less a fee.
+
+Signatures use fresh randomness (BIP340 ``aux_rand``), as a wallet's do: two
+payments with the same inputs and outputs are two different transactions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from zcoin.consensus.builders import sign_transaction
+from zcoin.consensus.crypto import schnorr_pubkey
+from zcoin.consensus.params import REGTEST, ChainParams, dev_secret_key
+from zcoin.consensus.primitives import OutPoint, Transaction, TxOut
+
+FEE = 1_000  # base units: what premine_spend and spend_output leave to the miner by default
+
+
+def dev_outpoint(params: ChainParams, index: int) -> OutPoint:
+    """The genesis premine output of development account ``index`` on ``params``."""
+    return OutPoint(params.genesis.txs[0].txid, index)
+
+
+def dev_key(index: int) -> bytes:
+    """Secret key of development account ``index``."""
+    return dev_secret_key(index)
+
+
+def dev_pubkey(index: int) -> bytes:
+    """x-only public key of development account ``index`` (the same on every network)."""
+    return schnorr_pubkey(dev_secret_key(index))
+
+
+def pay(spends: Sequence[tuple[OutPoint, bytes]], amounts: Iterable[int],
+        payees: bytes | Iterable[bytes] | None = None) -> Transaction:
+    """A transaction spending each ``(outpoint, secret key)`` of ``spends`` into outputs of ``amounts``, signed.
+
+    The outputs pay ``payees``: one key for all, one key per amount, or by
+    default the first spender's own key.
+    """
+    amounts = list(amounts)
+    if payees is None:
+        payees = schnorr_pubkey(spends[0][1])
+    keys = [payees] * len(amounts) if isinstance(payees, bytes) else list(payees)
+    return sign_transaction(list(spends), [TxOut(a, k) for a, k in zip(amounts, keys, strict=True)])
+
+
+def _split(total: int, outputs: int) -> list[int]:
+    """``total`` in ``outputs`` equal-ish amounts (the last one takes the remainder)."""
+    amounts = [total // outputs] * (outputs - 1)
+    return [*amounts, total - sum(amounts)]
+
+
+def premine_spend(account: int, *, to: int | None = None, fee: int = FEE, outputs: int = 2,
+                  params: ChainParams = REGTEST) -> Transaction:
+    """Development account ``account`` spends its whole premine, less ``fee``, into ``outputs`` outputs.
+
+    The outputs pay development account ``to`` (by default ``account`` itself).
+    """
+    total = params.dev_account_amount - fee
+    payee = params.dev_pubkey(account if to is None else to)
+    return pay([(dev_outpoint(params, account), dev_key(account))], _split(total, outputs), payee)
+
+
+def spend_output(tx: Transaction, index: int, account: int, *, to: int | None = None, fee: int = FEE,
+                 outputs: int = 1, params: ChainParams = REGTEST) -> Transaction:
+    """Output ``index`` of ``tx``, owned by development ``account``, spent less ``fee`` into ``outputs`` outputs.
+
+    The outputs pay development account ``to`` (by default ``account`` itself).
+    """
+    total = tx.outputs[index].amount - fee
+    payee = params.dev_pubkey(account if to is None else to)
+    return pay([(OutPoint(tx.txid, index), dev_key(account))], _split(total, outputs), payee)

@@ -1,0 +1,510 @@
+"""The miner node's protocol logic, sans I/O: events in, actions out.
+
+:class:`NodeCore` is what a miner *is*, apart from its sockets: the peers and the
+requests outstanding to each, block download (:mod:`zcoin.download`), transaction
+and block relay, the api handlers (:mod:`zcoin.nodeapi`) and the control of its
+mining pool.  It is driven by events - a message from peer P (:meth:`on_reply`,
+:meth:`on_gossip`), an api request (:meth:`on_api`), a change of members
+(:meth:`on_members`), a timer (:meth:`on_timer`), mined blocks (:meth:`on_mined`)
+- and acts only through the objects it is given: a :class:`Transport` (send to a
+peer, publish, reply), a :class:`Clock`, the membership (members and join state)
+and the mining pool.  The model is python-hyper's h11: the protocol never touches
+a socket or reads the time, so any loop can drive it - the ZeroMQ driver
+(:mod:`zcoin.node`, what ``zcoin miner`` runs) or the in-memory driver
+(:mod:`zcoin.memnet`, many nodes over a virtual network and a virtual clock).
+
+Every message type has one ``on_<type>`` handler; the three tables below say which
+types are api requests, replies and gossip.  Correctness never rests on gossip
+(PUB/SUB drops by design): tips are compared every ``tip_interval_s`` and a gap
+in a peer's sequence numbers asks for its tip.  Accepted transactions are written
+to the store before the reply that acknowledges them leaves (:meth:`flush`).
+A peer or client sending invalid or malformed data collects points in the
+misbehaviour book; past its ban score it is ignored for a while.
+"""
+
+from __future__ import annotations
+
+import enum
+import sqlite3
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from loguru import logger
+
+from zcoin import wire
+from zcoin.chain import Chain
+from zcoin.config import RETEMPLATE_INTERVAL_S, NodeConfig
+from zcoin.consensus import errors as E
+from zcoin.consensus.crypto import sha256d
+from zcoin.consensus.primitives import Block, Transaction
+from zcoin.download import BlockDownload
+from zcoin.mempool import Mempool, MempoolReject, TxAlreadyKnown, TxConflict
+from zcoin.misbehaviour import Misbehaviour
+from zcoin.nodeapi import API_REQUESTS, NodeApi
+from zcoin.peers import REPLY_TYPES, Match, Peer, Request
+from zcoin.storage import ChainStore
+from zcoin.tracker.protocol import MemberInfo
+
+TOPIC_TX = b"tx"
+TOPIC_BLOCK = b"block"
+GOSSIP_TYPES = {TOPIC_TX: "gossip_tx", TOPIC_BLOCK: "gossip_block"}
+PENALTY_MALFORMED = 20
+PENALTY_INVALID_TX = 10
+PENALTY_INVALID_BLOCK = 100
+
+
+class Transport(Protocol):
+    """What the core asks of a driver: reach peers, publish, answer clients."""
+
+    def connect(self, info: MemberInfo) -> None: ...  # open the links to a peer (its api and its gossip)
+    def disconnect(self, name: str) -> None: ...
+    def reset(self, name: str) -> None: ...  # drop whatever is queued for a silent peer, keep the links
+    def send(self, name: str, request_id: int, payload: bytes) -> None: ...
+    def publish(self, topic: bytes, payload: bytes) -> None: ...
+    def reply(self, route: Any, payload: bytes) -> None: ...
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...  # seconds, for timers and bans
+    def time(self) -> float: ...  # seconds since the epoch, for block times
+
+
+class Membership(Protocol):
+    state: str  # "joining", "member", "timeout" or "stopped"
+
+    def members(self) -> dict[str, MemberInfo]: ...
+
+
+class TxOutcome(enum.Enum):
+    """What became of a transaction a peer sent."""
+
+    ACCEPTED = "accepted"
+    KNOWN = "known"  # already held, or a conflict with one held (first seen wins)
+    POLICY = "policy"  # refused by mempool policy, not by the rules
+    MISSING = "missing"  # its parent has not arrived (or a coin is immature): a race, not misbehaviour
+    INVALID = "invalid"  # broke a rule: held against the sender
+
+
+def handler_table(types, *owners) -> dict[str, Callable]:
+    """Map each message type to the ``on_<type>`` method of the first owner that has one."""
+    table = {}
+    for msg_type in types:
+        handler = next((getattr(o, f"on_{msg_type}") for o in owners if hasattr(o, f"on_{msg_type}")), None)
+        if handler is None:
+            raise TypeError(f"no handler on_{msg_type}")
+        table[msg_type] = handler
+    return table
+
+
+class NodeCore:
+    """A miner node's logic (see the module docstring)."""
+
+    def __init__(self, config: NodeConfig, transport: Transport, clock: Clock, *,
+                 membership: Membership | None = None, miner: Any = None, admin_allowed: bool = True) -> None:
+        self.config = config
+        self.params = config.params
+        self.name = config.name
+        self.transport = transport
+        self.clock = clock
+        self.membership = membership
+        self.miner = miner  # zcoin.mining.MiningPool, or None: not mining
+        self.admin_allowed = admin_allowed
+        self.log = logger.bind(node=config.name)
+        self.store: ChainStore | None = None
+        self.chain: Chain | None = None
+        self.mempool = Mempool(self.params)
+        self.peers: dict[str, Peer] = {}
+        self.blocked: set[str] = set()  # peers disconnected by an admin request
+        self.misbehaviour = Misbehaviour()  # peers by name, api clients by identity
+        self.download = BlockDownload(self)
+        self.api = NodeApi(self)
+        self.endpoints: dict[str, str] = {}  # "api" and "gossip", as the driver bound them
+        self.seq = 0
+        self.mining = MiningControl(self)
+        self._unsaved: list[tuple[bytes, bytes]] = []  # accepted transactions not yet on disk
+        self._outbox: list[tuple[Any, bytes]] = []  # api replies, sent once what they acknowledge is on disk
+        self._api_table = handler_table(API_REQUESTS, self.api)
+        self._reply_table = handler_table(REPLY_TYPES.values(), self, self.download)
+        self._gossip_table = handler_table(GOSSIP_TYPES.values(), self)
+
+    @property
+    def synced(self) -> bool:
+        return self.download.synced
+
+    # --- life cycle ----------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the chain store and take back the transactions acknowledged before a stop or crash."""
+        data_dir = Path(self.config.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = ChainStore(data_dir / "chain.sqlite", self.params)
+        self.chain = Chain(self.store, self.params)
+        gone = []
+        for raw in self.store.load_mempool_txs():
+            try:
+                self.mempool.accept(Transaction.parse(raw), self.store, self.chain.height)
+            except (E.ValidationError, MempoolReject):
+                gone.append(sha256d(raw))
+        self.store.forget_mempool_txs(gone)
+        if len(self.mempool) or gone:
+            self.log.info("mempool restored", txs=len(self.mempool), dropped=len(gone))
+
+    def flush(self) -> None:
+        """Write accepted transactions to disk, then send the replies that acknowledge them."""
+        if self._unsaved:
+            self.store.save_mempool_txs(self._unsaved)
+            self._unsaved.clear()
+        outbox, self._outbox = self._outbox, []
+        for route, payload in outbox:
+            self.transport.reply(route, payload)
+
+    def close(self) -> None:
+        """Save what is unsaved, drop the peers, close the store (the driver closes its sockets)."""
+        if self.store is None:
+            return
+        try:
+            self.flush()
+        except sqlite3.Error as exc:  # the store failed: the rest must still be shut down
+            self.log.error("could not save the mempool", error=str(exc))
+        for peer in list(self.peers.values()):
+            self.drop_peer(peer, "shutdown")
+        self.store.close()
+        self.store = None
+
+    # --- peers -----------------------------------------------------------------------------
+
+    def on_members(self) -> None:
+        """The membership changed: connect to new members, drop those that left."""
+        members = self.membership.members() if self.membership is not None else {}
+        for node_id, info in members.items():
+            if node_id == self.name or node_id in self.blocked:
+                continue
+            peer = self.peers.get(node_id)
+            if peer is not None and peer.info != info:
+                self.drop_peer(peer, "endpoints changed")
+                peer = None
+            if peer is None:
+                self.connect_peer(info)
+        for node_id, peer in list(self.peers.items()):
+            if node_id not in members:
+                self.drop_peer(peer, "left the cluster")
+
+    def connect_peer(self, info: MemberInfo) -> Peer:
+        """Connect to a member and ask for its tip."""
+        self.transport.connect(info)
+        peer = self.peers[info.node_id] = Peer(info, self.clock.monotonic())
+        self.log.info("peer connected", peer=info.node_id, api=info.api)
+        self.request(peer, "get_tip")
+        return peer
+
+    def drop_peer(self, peer: Peer, why: str) -> None:
+        self.transport.disconnect(peer.name)
+        self.peers.pop(peer.name, None)
+        self.log.info("peer disconnected", peer=peer.name, why=why)
+
+    def request(self, peer: Peer, msg_type: str, **fields) -> Request:
+        """Send a request to ``peer``, recorded until its reply comes or it is given up."""
+        asked = fields.get("hashes") or fields.get("txids") or ()
+        request = peer.requests.open(msg_type, self.clock.monotonic(), asked)
+        self.transport.send(peer.name, request.id, wire.encode(msg_type, **fields))
+        self.log.trace("request", peer=peer.name, request=msg_type, id=request.id)
+        return request
+
+    def penalise(self, peer: Peer, points: int, why: str) -> None:
+        """Count misbehaviour against ``peer``; past the ban score it is ignored for a while."""
+        score, banned = self.misbehaviour.penalise(peer.name, points, self.clock.monotonic())
+        self.log.warning("peer misbehaved", peer=peer.name, points=points, score=score, why=why)
+        if banned:
+            self.log.warning("peer banned", peer=peer.name, seconds=self.misbehaviour.ban_duration_s)
+
+    def banned(self, peer: Peer) -> bool:
+        return self.misbehaviour.banned(peer.name, self.clock.monotonic())
+
+    def score(self, peer: Peer) -> int:
+        return self.misbehaviour.score(peer.name, self.clock.monotonic())
+
+    # --- events from peers ------------------------------------------------------------------
+
+    def on_reply(self, name: str, request_id: int | None, payload: bytes) -> None:
+        """A reply from peer ``name`` carrying ``request_id`` (None: it carried none)."""
+        peer = self.peers.get(name)
+        if peer is None:
+            return
+        try:
+            msg = wire.decode(payload)
+        except wire.WireError as exc:
+            match, request = peer.requests.match(request_id, "error")
+            self.penalise(peer, PENALTY_MALFORMED, f"bad reply: {exc.reason}")
+            if request is not None and request.type == "get_blocks":
+                self.download.note_delivery(peer, request, set(), self.clock.monotonic())
+            return
+        match, request = peer.requests.match(request_id, msg.type)
+        if match is Match.LATE:
+            self.log.debug("late reply", peer=name, id=request_id)  # its request was given up
+            return
+        if match is Match.UNSOLICITED:
+            self.penalise(peer, PENALTY_MALFORMED, "reply to no request")
+            return
+        self.log.trace("reply", peer=name, request=request.type, reply=msg.type)
+        delivered: set[bytes] = set()
+        if match is Match.WRONG_TYPE:
+            self.penalise(peer, PENALTY_MALFORMED, f"{msg.type} in reply to {request.type}")
+        elif msg.type == "error":
+            self.log.info("peer refused a request", peer=name, request=request.type, reason=msg["reason"])
+        else:
+            delivered = self._reply_table[msg.type](peer, msg, request) or set()
+        if request.type == "get_blocks":
+            self.download.note_delivery(peer, request, delivered, self.clock.monotonic())
+
+    def on_blocks(self, peer: Peer, msg: wire.Message, request: Request) -> set[bytes]:
+        delivered = set()
+        for raw in msg["blocks"]:
+            try:
+                block = Block.parse(raw)
+            except E.DecodeError as exc:
+                self.penalise(peer, PENALTY_MALFORMED, f"undecodable block: {exc}")
+                continue
+            delivered.add(block.hash)
+            self.accept_block(block, peer, relay=False)
+        return delivered
+
+    def on_mempool(self, peer: Peer, msg: wire.Message, request: Request) -> None:
+        missing = [txid for txid in msg["txids"] if txid not in self.mempool]
+        for i in range(0, len(missing), wire.MAX_TXS_PER_REQUEST):
+            self.request(peer, "get_txs", txids=missing[i:i + wire.MAX_TXS_PER_REQUEST])
+
+    def on_txs(self, peer: Peer, msg: wire.Message, request: Request) -> None:
+        # Pool transactions may depend on each other: retry those whose parent came later in the batch.
+        pending = list(msg["txs"])
+        for _ in range(3):
+            retry = [raw for raw in pending if self._accept_tx_from_peer(raw, peer, relay=False) is TxOutcome.MISSING]
+            if not retry or len(retry) == len(pending):
+                break
+            pending = retry
+
+    def on_gossip(self, name: str, topic: bytes, payload: bytes) -> None:
+        """A message on peer ``name``'s gossip, under ``topic``."""
+        peer = self.peers.get(name)
+        if peer is None or self.banned(peer):
+            return
+        try:
+            msg = wire.decode(payload)
+        except wire.WireError as exc:
+            self.penalise(peer, PENALTY_MALFORMED, f"bad gossip: {exc.reason}")
+            return
+        if msg.type != GOSSIP_TYPES.get(topic):
+            self.penalise(peer, PENALTY_MALFORMED, f"{msg.type} on topic {topic[:16]!r}")
+            return
+        seq = msg["seq"]
+        if peer.last_seq is not None and seq > peer.last_seq + 1:
+            self.log.info("gossip gap", peer=name, missed=seq - peer.last_seq - 1)
+            if not peer.requests.awaiting("get_tip"):
+                self.request(peer, "get_tip")
+        peer.last_seq = seq
+        self._gossip_table[msg.type](peer, msg)
+
+    def on_bad_gossip(self, name: str, why: str) -> None:
+        """Frames on a peer's gossip that are not even an envelope."""
+        peer = self.peers.get(name)
+        if peer is not None and not self.banned(peer):
+            self.penalise(peer, PENALTY_MALFORMED, why)
+
+    def on_gossip_tx(self, peer: Peer, msg: wire.Message) -> None:
+        if sha256d(msg["tx"]) in self.mempool:  # the txid hashes the canonical bytes: a copy we hold
+            return
+        self._accept_tx_from_peer(msg["tx"], peer, relay=True)
+
+    def on_gossip_block(self, peer: Peer, msg: wire.Message) -> None:
+        try:
+            block = Block.parse(msg["block"])
+        except E.DecodeError as exc:
+            self.penalise(peer, PENALTY_MALFORMED, f"undecodable block: {exc}")
+            return
+        self.accept_block(block, peer, relay=True)
+        self.download.peer_has(peer, self.chain.index.get(block.hash))
+
+    # --- events from clients ----------------------------------------------------------------
+
+    def on_api(self, identity: bytes, route: Any, payload: bytes) -> None:
+        """A request on the api from ``identity``; the reply goes to ``route`` once it is safe to send."""
+        now = self.clock.monotonic()
+        if self.misbehaviour.banned(identity, now):
+            return
+        try:
+            msg = wire.decode(payload)
+            handler = self._api_table.get(msg.type)
+            if handler is None:
+                raise wire.WireError("unsupported", f"{msg.type} is not an api request")
+            reply = handler(msg)
+        except wire.WireError as exc:
+            self.on_bad_request(identity, exc.reason)
+            reply = wire.encode("error", reason=exc.reason, detail=exc.detail[:1024])
+        except sqlite3.Error:
+            raise  # the chain store failed (disk full, I/O error): stop, as Bitcoin's AbortNode does
+        except Exception as exc:  # a handler bug must not take the node down
+            self.log.exception("api handler failed")
+            reply = wire.encode("error", reason="internal", detail=type(exc).__name__)
+        self._outbox.append((route, reply))
+
+    def on_bad_request(self, identity: bytes, why: str) -> None:
+        score, _ = self.misbehaviour.penalise(identity, PENALTY_MALFORMED, self.clock.monotonic())
+        self.log.warning("bad request", client=identity.hex(), score=score, why=why)
+
+    # --- transactions and blocks ---------------------------------------------------------------
+
+    def accept_tx(self, tx: Transaction, *, relay: bool = True) -> int:
+        """Validate ``tx`` against chain and mempool, keep it and relay it; raise on rejection."""
+        fee = self.mempool.accept(tx, self.store, self.chain.height,
+                                  is_confirmed=lambda txid: self.store.tx_height(txid) is not None)
+        self.log.debug("tx accepted", txid=tx.txid_hex, fee=fee)
+        self._unsaved.append((tx.txid, tx.raw))
+        if relay:
+            self.publish(TOPIC_TX, "gossip_tx", tx=tx.raw)
+        return fee
+
+    def _accept_tx_from_peer(self, raw: bytes, peer: Peer, relay: bool) -> TxOutcome:
+        try:
+            tx = Transaction.parse(raw)
+        except E.DecodeError as exc:
+            self.penalise(peer, PENALTY_MALFORMED, f"undecodable tx: {exc}")
+            return TxOutcome.INVALID
+        try:
+            self.accept_tx(tx, relay=relay)
+        except (TxAlreadyKnown, TxConflict):
+            return TxOutcome.KNOWN
+        except MempoolReject:
+            return TxOutcome.POLICY
+        except (E.TxMissingInput, E.TxImmatureSpend):
+            return TxOutcome.MISSING  # a race with a block or a parent, not misbehaviour
+        except E.InvalidTx as exc:
+            self.penalise(peer, PENALTY_INVALID_TX, f"invalid tx {tx.txid_hex}: {exc.reason}")
+            return TxOutcome.INVALID
+        return TxOutcome.ACCEPTED
+
+    def accept_block(self, block: Block, peer: Peer | None, relay: bool, strict: bool = False) -> None:
+        """Add a block from a peer, our miner or a client; ``strict`` re-raises the rejection."""
+        try:
+            update = self.chain.add_block(block, int(self.clock.time()))
+        except E.BlockTimeTooNew as exc:
+            self.log.info("block from the future", block=block.hash_hex, reason=exc.reason)
+            if strict:
+                raise
+            return
+        except E.InvalidBlock as exc:
+            self.log.warning("block rejected", block=block.hash_hex, peer=peer.name if peer else None,
+                             reason=exc.reason)
+            if peer is not None:
+                self.penalise(peer, PENALTY_INVALID_BLOCK, f"invalid block: {exc.reason}")
+            if strict:
+                raise
+            return
+        if update.known:
+            return
+        if update.orphaned:
+            self.log.info("orphan block", block=block.hash_hex, missing=update.missing[::-1].hex())
+            if peer is not None:
+                self.download.request_headers(peer)
+            return
+        for bad_hash, exc in update.invalid:
+            self.log.warning("orphan rejected", block=bad_hash[::-1].hex(), reason=exc.reason)
+        self._after_chain_update(update)
+        if relay and update.connected and self.chain.tip.hash == block.hash:
+            self.publish(TOPIC_BLOCK, "gossip_block", block=block.raw)
+
+    def _after_chain_update(self, update) -> None:
+        if not update.connected and not update.disconnected:
+            return
+        dropped = self.mempool.update_for_chain(update.connected, update.disconnected, self.store,
+                                                self.chain.height)
+        self.store.forget_mempool_txs([tx.txid for block in update.connected for tx in block.txs[1:]]
+                                      + [tx.txid for tx in dropped])
+        tip = self.chain.tip
+        if update.disconnected:
+            self.log.warning("reorg", depth=len(update.disconnected), height=tip.height, tip=tip.hash_hex)
+            # Transactions the reorg put back are announced again: peers that only saw
+            # them in a block that lost need them to mine them.
+            for block in update.disconnected:
+                for tx in block.txs[1:]:
+                    if tx.txid in self.mempool:
+                        self._unsaved.append((tx.txid, tx.raw))
+                        self.publish(TOPIC_TX, "gossip_tx", tx=tx.raw)
+        for block in update.connected:
+            self.log.info("block connected", height=self.chain.index[block.hash].height, block=block.hash_hex,
+                          txs=len(block.txs))
+
+    def publish(self, topic: bytes, msg_type: str, **fields) -> None:
+        """Announce on the gossip, numbering every message so subscribers can see gaps."""
+        self.seq += 1
+        self.transport.publish(topic, wire.encode(msg_type, seq=self.seq, **fields))
+
+    # --- timers and mining ----------------------------------------------------------------------
+
+    def on_timer(self) -> None:
+        """Run what is due: tip rounds, stalls, the synced decision, fetches, the mempool, mining."""
+        now = self.clock.monotonic()
+        self.download.on_timer(now)
+        if self.synced:
+            for peer in self.peers.values():
+                if not peer.mempool_asked and peer.answered and not self.banned(peer):
+                    peer.mempool_asked = True
+                    self.request(peer, "get_mempool")
+        if self.miner is not None:
+            self.mining.on_timer(now)
+
+    def on_mined(self, found: list) -> None:
+        """Blocks the mining pool found (``zcoin.mining.Found``), for jobs current or past."""
+        for block in self.mining.blocks_found(found):
+            self.accept_block(block, None, relay=True)
+
+
+class MiningControl:
+    """The node core's control of its mining pool: which job it searches, and when it changes.
+
+    A job is the current tip's template; it is replaced when the tip changes, when the
+    mempool pays more (at most every ``RETEMPLATE_INTERVAL_S``) or when its nonces run out,
+    and cancelled while the node is not synced.  Results for an older job are dropped.
+    """
+
+    def __init__(self, core: NodeCore) -> None:
+        self.core = core
+        self.job_id = 0
+        self.templates: dict[int, object] = {}  # job id -> template, for the job being searched
+        self.tip = b""  # the tip the job builds on (empty: no job)
+        self.fees = -1
+        self.made_at = 0.0
+
+    def blocks_found(self, found: list) -> list[Block]:
+        from zcoin.mining import block_from_found
+
+        blocks = []
+        for result in found:
+            template = self.templates.get(result.job_id)
+            if template is None or result.job_id != self.job_id:
+                continue
+            block = block_from_found(template, result)
+            self.core.log.info("block found", height=template.height, block=block.hash_hex, worker=result.worker)
+            blocks.append(block)
+        return blocks
+
+    def on_timer(self, now: float) -> None:
+        from zcoin.mining import build_template, job_from_template
+
+        core, miner = self.core, self.core.miner
+        if not core.synced:
+            if self.tip:
+                miner.cancel()
+                self.tip = b""
+            return
+        tip = core.chain.tip.hash
+        fees_changed = now - self.made_at >= RETEMPLATE_INTERVAL_S and core.mempool.fees > self.fees
+        if tip == self.tip and not fees_changed and not miner.job_exhausted:
+            return
+        # Every job gets its own extra nonce, so even a template identical in all else
+        # (an exhausted search) has a new merkle root and fresh nonces to try.
+        template = build_template(core.chain, core.mempool, core.config.payout, int(core.clock.time()),
+                                  extra_nonce=(self.job_id + 1).to_bytes(8, "little"))
+        self.job_id += 1
+        self.templates = {self.job_id: template}
+        miner.submit(job_from_template(template, self.job_id, core.params.max_future_block_time_s))
+        self.tip, self.fees, self.made_at = tip, core.mempool.fees, now
+        core.log.debug("mining job", job=self.job_id, height=template.height, txs=len(template.txs))
