@@ -6,6 +6,7 @@
   each entry into its own test case with a readable id.  A missing or empty
   vector file fails the collection rather than silently producing no tests.
 - :func:`mem_chain` is a fresh :class:`support.chain.Builder` at genesis.
+- :func:`procs` is a :class:`support.processes.ProcessGroup` for real ``zcoin`` processes.
 - Each phase's report is kept on the test item (``rep_setup``, ``rep_call``),
   so that fixtures can show the logs of a failed test.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from support.chain import Builder
+from support.processes import ProcessGroup
 from support.vectors import VECTORS_DIR, vector_cases
 
 
@@ -45,6 +47,17 @@ def vectors_dir() -> Path:
 def mem_chain() -> Builder:
     """A fresh regtest chain in memory, at genesis; the development accounts' premine is spendable."""
     return Builder()
+
+
+@pytest.fixture
+def procs(tmp_path, request):
+    """Real ``zcoin`` processes, every one killed after the test; their logs are shown when it failed."""
+    group = ProcessGroup(tmp_path)
+    try:
+        yield group
+    finally:
+        report = getattr(request.node, "rep_call", None)
+        group.close(show_logs=report is not None and report.failed)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from zcoin.cli import cli
 
 COMMANDS = [["tracker"], ["miner"], ["status"], ["peers"], ["wallet"], ["wallet", "new"], ["wallet", "address"],
-            ["wallet", "balance"], ["send"], ["bench"]]
+            ["wallet", "balance"], ["send"], ["bench"], ["generate"], ["faucet"], ["block"], ["tx"], ["mempool"],
+            ["wallet", "history"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))
@@ -110,3 +111,123 @@ def test_a_miner_whose_api_port_is_taken_says_so_in_one_line(tmp_path):
     assert result.returncode == 1, result.stderr
     assert "cannot open sockets" in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("Error: cannot open sockets")
+
+
+# --- bad input: one line, never a traceback --------------------------------------------
+
+
+def _dev_wallet(tmp_path, index: int = 0) -> str:
+    path = tmp_path / f"dev{index}.json"
+    assert CliRunner().invoke(cli, ["wallet", "new", "--wallet", str(path), "--dev", str(index)]).exit_code == 0
+    return str(path)
+
+
+@pytest.mark.parametrize("command", [["status"], ["wallet", "balance"], ["send"]], ids=" ".join)
+@pytest.mark.parametrize("endpoint", ["nonsense", "tcp://127.0.0.1"])
+def test_a_malformed_node_endpoint_is_a_usage_error(tmp_path, command, endpoint):
+    from zcoin.consensus.params import LOCAL
+    from zcoin.wallet import encode_address
+
+    wallet = ["--wallet", _dev_wallet(tmp_path)]
+    more = {"status": [], "balance": wallet,
+            "send": [*wallet, "--to", encode_address(LOCAL.dev_pubkey(1), LOCAL), "--amount", "1"]}[command[-1]]
+    result = run(*command, "--node", endpoint, *more, "--timeout", "1")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == \
+        f"Error: Invalid value for --node: not a node endpoint: {endpoint!r} (Invalid argument)"
+
+
+def test_loadtest_with_a_malformed_node_endpoint_is_a_usage_error():
+    from pathlib import Path
+
+    loadtest = Path(__file__).resolve().parents[1] / "bin" / "loadtest"
+    result = subprocess.run([sys.executable, str(loadtest), "--node", "tcp://127.0.0.1", "--count", "1"],
+                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: Invalid value for --node: not a node endpoint")
+
+
+@pytest.mark.parametrize("mining", [[], ["--no-mine"]], ids=["mining", "no-mine"])
+def test_a_miner_whose_data_dir_cannot_be_made_says_so_in_one_line(tmp_path, mining):
+    (tmp_path / "a-file").write_text("")  # in the way of the data dir, even for root
+    data_dir = tmp_path / "a-file" / "m"
+    result = run("miner", "--name", "m", *mining, "--data-dir", str(data_dir), "--tracker", "tcp://127.0.0.1:1")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == f"Error: cannot make the data directory {data_dir}: Not a directory\n"
+
+
+def test_a_miner_whose_store_cannot_be_opened_says_so_in_one_line(tmp_path):
+    (tmp_path / "m" / "chain.sqlite").mkdir(parents=True)  # a directory where the store file goes
+    result = run("miner", "--name", "m", "--no-mine", "--data-dir", str(tmp_path / "m"),
+                 "--tracker", "tcp://127.0.0.1:1", "--api", "tcp://127.0.0.1:*", "--gossip", "tcp://127.0.0.1:*")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == \
+        f"Error: {tmp_path / 'm' / 'chain.sqlite'}: cannot open the store (unable to open database file)"
+
+
+@pytest.mark.parametrize("left", ["by a crash", "closed cleanly"])
+def test_a_miner_on_a_store_with_garbled_pages_says_it_is_damaged_and_exits_1(tmp_path, left):
+    from support.chain import Builder, add_all, garble_middle, open_chain, write_crashed_store
+
+    builder = Builder()
+    builder.mine_empty(40)
+    data_dir = tmp_path / "m"
+    data_dir.mkdir()
+    store = data_dir / "chain.sqlite"
+    if left == "by a crash":  # checked page by page at open
+        write_crashed_store(store, builder.blocks)
+        damaged = f"Error: {store}: the store is damaged (quick_check: "
+    else:  # not checked at open: the first read of a garbled page finds the damage
+        chain_store, chain = open_chain(store)
+        add_all(chain, builder.blocks)
+        chain_store.close()
+        damaged = f"Error: m: the chain store in {data_dir} is damaged (database disk image is malformed"
+    garble_middle(store)
+    result = run("miner", "--name", "m", "--network", "regtest", "--no-mine", "--data-dir", str(data_dir),
+                 "--tracker", "tcp://127.0.0.1:1", "--api", "tcp://127.0.0.1:*", "--gossip", "tcp://127.0.0.1:*")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(damaged) and last.endswith("); restore it or delete it to resync")
+
+
+def test_a_wallet_of_an_unknown_network_names_the_file_not_an_option(tmp_path):
+    path = tmp_path / "w.json"
+    assert CliRunner().invoke(cli, ["wallet", "new", "--wallet", str(path)]).exit_code == 0
+    document = json.loads(path.read_text())
+    path.write_text(json.dumps({**document, "network": "mainnet"}))
+    result = run("wallet", "address", "--wallet", str(path))
+    assert result.returncode == 1
+    assert result.stderr == (f"Error: {path}: wallet for network 'mainnet', which this zcoin does not know "
+                             "(known: local, test, regtest)\n")
+
+
+REFUSED_JOIN_DEADLINE_S = 2.0
+
+
+def test_a_miner_whose_name_the_tracker_refuses_says_why_and_exits_1(procs, tmp_path):
+    import re
+
+    from support.waiting import wait_until
+
+    _, tracker = procs.start_tracker()
+    first, first_api = procs.start_miner("m1", [tracker], mine=False)
+    first.wait_for_log(r"joined tracker")
+    config = tmp_path / "short-deadline.toml"
+    config.write_text(f"[miner]\njoin_deadline_s = {REFUSED_JOIN_DEADLINE_S}\n")
+    second = procs.start("m1-again", "miner", "--config", str(config), "--name", "m1", "--network", "local",
+                         "--no-mine", "--data-dir", str(tmp_path / "m1-again"), "--tracker", tracker,
+                         "--api", "tcp://127.0.0.1:*", "--gossip", "tcp://127.0.0.1:*")
+    wait_until(lambda: not second.running(), REFUSED_JOIN_DEADLINE_S + 15, "the second m1 to exit")
+    log = second.log()
+    assert second.proc.returncode == 1, log[-3000:]
+    assert "Traceback" not in log
+    assert re.search(r"^Error: the tracker refused the name m1: duplicate-id: node id m1 is held by a live member "
+                     rf"at gossip=\S+ api={re.escape(first_api)}$", log.strip().splitlines()[-1])
+    assert not re.search(r"\bsynced\b", log)  # it never went on alone
+    assert first.running()
+    peers = procs.cli("peers", "--tracker", tracker, "--json")
+    assert peers.returncode == 0, peers.stderr
+    assert [(m["node"], m["api"]) for m in json.loads(peers.stdout)["members"]] == [("m1", first_api)]

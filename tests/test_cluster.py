@@ -14,23 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from support.processes import ProcessGroup
 from support.waiting import wait_until
 
 LOADTEST = Path(__file__).resolve().parents[1] / "bin" / "loadtest"
 CLI_POLL_S = 0.2  # each poll of these conditions starts a CLI process
-
-
-@pytest.fixture
-def procs(tmp_path, request):
-    group = ProcessGroup(tmp_path)
-    try:
-        yield group
-    finally:
-        report = getattr(request.node, "rep_call", None)
-        group.close(show_logs=report is not None and report.failed)
 
 
 def status(procs: ProcessGroup, api: str) -> dict:

@@ -34,10 +34,11 @@ PLACES = {
     "zcoin.storage": "state", "zcoin.chain": "state", "zcoin.mempool": "state", "zcoin.mining": "state",
     "zcoin.wallet": "state",
     "zcoin.peers": "core", "zcoin.download": "core", "zcoin.nodeapi": "core", "zcoin.nodecore": "core",
+    "zcoin.nodemining": "core",
     "zcoin.tracker.registry": "core", "zcoin.tracker.link": "core",
     "zcoin.sockets": "driver", "zcoin.node": "driver", "zcoin.memnet": "driver", "zcoin.client": "driver",
     "zcoin.tracker.server": "driver", "zcoin.tracker.agent": "driver", "zcoin.tracker.lookup": "driver",
-    "zcoin.cli": "entry", "zcoin.bench": "entry", "zcoin.log": "entry",
+    "zcoin.cli": "entry", "zcoin.cli_dev": "entry", "zcoin.bench": "entry", "zcoin.log": "entry",
 }
 NO_CLOCK_OR_SOCKETS = frozenset({"zmq", "socket", "time", "threading", "asyncio", "select", "selectors"})
 

@@ -21,8 +21,10 @@ from support.chain import (
     active_hashes,
     add_all,
     assert_store_consistent,
+    garble_middle,
     open_chain,
     replay_active_chain,
+    write_crashed_store,
 )
 from support.payments import dev_outpoint, premine_spend, spend_output
 from zcoin.chain import Chain
@@ -136,6 +138,43 @@ def test_store_of_another_schema_version_is_refused(tmp_path):
     db.close()
     with pytest.raises(StoreError, match="schema version 99"):
         ChainStore(path, PARAMS)
+
+
+@pytest.mark.parametrize("where", ["under a regular file", "a directory"])
+def test_store_path_that_cannot_be_opened_is_a_store_error(tmp_path, where):
+    if where == "a directory":
+        path = tmp_path / "chain.sqlite"
+        path.mkdir()
+    else:
+        (tmp_path / "file").write_text("")
+        path = tmp_path / "file" / "chain.sqlite"
+    with pytest.raises(StoreError, match=r"chain\.sqlite: cannot open the store \(unable to open database file\)"):
+        ChainStore(path, PARAMS)
+
+
+def test_store_left_open_by_a_crash_reopens_on_its_last_block(tmp_path):
+    builder = Builder()
+    builder.mine_empty(40)
+    path = tmp_path / "chain.sqlite"
+    write_crashed_store(path, builder.blocks)
+    assert Path(f"{path}-wal").stat().st_size > 0  # as a crash leaves it: the last block only in the log
+    store = ChainStore(path, PARAMS)
+    assert store.tip_hash() == builder.tip.hash
+    assert_store_consistent(store)
+    store.close()
+
+
+def test_store_left_open_by_a_crash_with_garbled_pages_is_reported_damaged(tmp_path):
+    builder = Builder()
+    builder.mine_empty(40)
+    path = tmp_path / "chain.sqlite"
+    write_crashed_store(path, builder.blocks)
+    garble_middle(path)
+    with pytest.raises(StoreError) as refused:
+        ChainStore(path, PARAMS)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: the store is damaged (quick_check: ")
+    assert message.endswith("); restore it or delete it to resync") and "\n" not in message
 
 
 # --- connect and disconnect are atomic ------------------------------------------------
@@ -299,4 +338,35 @@ def test_store_survives_sigkill_at_random_moments(tmp_path):
     store = ChainStore(path, PARAMS)
     assert_store_consistent(store)
     assert len(active_hashes(store)) == heights[-1] + 1
+    store.close()
+
+
+def _all_history(store: ChainStore) -> list[tuple]:
+    return store.db.execute("SELECT * FROM address_index ORDER BY pubkey, height, pos").fetchall()
+
+
+def test_address_index_is_kept_per_block_in_chain_order_undone_on_disconnect_and_rebuilt_for_old_stores(tmp_path):
+    path = tmp_path / "chain.sqlite"
+    store, chain = open_chain(path)
+    builder = Builder()
+    parent = premine_spend(0, to=1, outputs=2)
+    child = spend_output(parent, 0, 1, to=2)  # spends a coin made in the same block
+    block = builder.mine([parent, child])
+    add_all(chain, builder.blocks)
+    history = store.history_of(PARAMS.dev_pubkey(1))
+    assert [(txid, height) for txid, height, _, _ in history] == [(PARAMS.genesis.txs[0].txid, 0),
+                                                                   (parent.txid, 1), (child.txid, 1)]
+    assert history[1][2] == sum(o.amount for o in parent.outputs) and history[2][3] == parent.outputs[0].amount
+    assert [h[:2] for h in store.history_of(PARAMS.dev_pubkey(2))][-1] == (child.txid, 1)
+
+    before = _all_history(store)
+    store.db.execute("DELETE FROM address_index")  # a store written before the index existed
+    store.db.execute("DELETE FROM meta WHERE key = 'address_index'")
+    store.close()
+    store, chain = open_chain(path)
+    assert _all_history(store) == before
+
+    # Disconnecting the block takes its rows away, in the same SQL transaction.
+    store.disconnect(block, 1)
+    assert [h[1] for h in store.history_of(PARAMS.dev_pubkey(1))] == [0]
     store.close()

@@ -415,6 +415,17 @@ def test_agent_without_tracker_times_out_keeps_retrying_and_joins_later(start_tr
     assert "frank" in client(server.endpoint).members()
 
 
+def test_agent_whose_name_another_member_holds_is_refused_for_good_and_never_times_out(start_tracker, start_agent,
+                                                                                       client):
+    server = start_tracker()
+    client(server.endpoint).join_and_ack("holly")  # holds the name at GOSSIP, API for a lease
+    agent = start_agent([server.endpoint], "holly", join_deadline_s=0.5)
+    refused = wait_until(lambda: agent.refused, 10, "the agent to report the refusal")
+    assert refused.startswith(f"duplicate-id: node id holly is held by a live member at gossip={GOSSIP}")
+    assert agent.state == "joining"  # never "timeout": a node in that state would go on alone
+    assert client(server.endpoint).members() == {"holly": (GOSSIP, API)}
+
+
 def test_agents_learn_each_other_and_notify_the_node(ctx, start_tracker, start_agent, cleanup):
     server = start_tracker()
     pull = ctx.socket(zmq.PULL)

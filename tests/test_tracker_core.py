@@ -41,11 +41,11 @@ def new_registry(tracker_id: str, misbehaviour: Misbehaviour | None = None) -> M
     return registry
 
 
-def new_link(node: str, port: int = 17000, now: float = 0.0) -> TrackerLink:
+def new_link(node: str, port: int = 17000, now: float = 0.0, join_deadline_s: float = 1.0) -> TrackerLink:
     """Miner ``node``'s link to ``TRACKER``, gossiping on ``port`` and serving its api on ``port + 1``."""
     me = MemberInfo(node, f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port + 1}")
-    cfg = LinkConfig(me, join_deadline_s=1.0, request_timeout_s=REQUEST_TIMEOUT_S, heartbeat_s=HEARTBEAT_S,
-                     backoff_initial_s=0.1, backoff_max_s=0.4)
+    cfg = LinkConfig(me, join_deadline_s=join_deadline_s, request_timeout_s=REQUEST_TIMEOUT_S,
+                     heartbeat_s=HEARTBEAT_S, backoff_initial_s=0.1, backoff_max_s=0.4)
     return TrackerLink(TRACKER, cfg, now)
 
 
@@ -199,6 +199,32 @@ def test_a_duplicate_node_id_with_other_endpoints_is_refused():
     assert net.listed() == {"a": "tcp://127.0.0.1:17000"}
     assert net.announced() == [("joined", "a")]
     assert net.registry.misbehaviour.bans == 0
+
+
+def test_a_name_still_refused_at_the_join_deadline_is_refused_for_good():
+    net = Net(new_registry("t1"), [new_link("a", port=17000)])
+    net.run(0.1)
+    impostor = new_link("a", port=18000, now=net.now, join_deadline_s=1.0)
+    net.links.append(impostor)
+    net.run(0.5)
+    assert impostor.last_error.startswith("duplicate-id") and impostor.refused is None  # still trying
+    net.run(0.5 + STEP_S)
+    assert impostor.timed_out
+    assert impostor.refused.startswith("duplicate-id: node id a is held by a live member at "
+                                       "gossip=tcp://127.0.0.1:17000")
+    assert net.links[0].phase == Phase.MEMBER and net.listed() == {"a": "tcp://127.0.0.1:17000"}
+
+
+def test_a_restart_on_new_ports_joins_once_the_killed_runs_lease_runs_out():
+    net = Net(new_registry("t1"), [new_link("a", port=17000)])
+    net.run(0.1)
+    net.links.clear()  # killed: no LEAVE, its lease runs on
+    restarted = new_link("a", port=18000, now=net.now, join_deadline_s=2.0)
+    net.links.append(restarted)
+    net.run(2.0)
+    assert "duplicate-id" in {error["reason"] for error in net.replies("a", "error")}
+    assert restarted.phase == Phase.MEMBER and restarted.refused is None and restarted.refusal is None
+    assert net.listed() == {"a": "tcp://127.0.0.1:18000"}
 
 
 # --- leases --------------------------------------------------------------------------------

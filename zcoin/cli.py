@@ -14,6 +14,8 @@ import click
 from zcoin.log import setup_logging
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from zcoin.tracker.protocol import MemberInfo
 
 
@@ -135,10 +137,14 @@ def _params(name: str):
 @click.option("--api", metavar="ENDPOINT", help="ROUTER endpoint for peers and clients [port * = ephemeral].")
 @click.option("--gossip", metavar="ENDPOINT", help="PUB endpoint for tx/block announcements.")
 @click.option("--workers", type=click.IntRange(min=1), help="Mining worker processes [default: cores].")
-@click.option("--no-mine", is_flag=True, help="Relay and validate only; start no mining pool.")
+@click.option("--no-mine", is_flag=True, help="Relay and validate only; start no mining pool (= --mining off).")
+@click.option("--mining", "mining_mode", metavar="MODE",
+              help="continuous | interval:SECONDS (one block a slot, idle between) | on-demand (only for "
+                   "`zcoin generate`) | off [config: mining; default continuous].")
 @click.option("--wallet", "wallet_path", type=click.Path(dir_okay=False),
               help="Wallet whose key the coinbase pays [default: a key made in the data dir].")
-def miner_command(config_path, name, network, trackers, data_dir, api, gossip, workers, no_mine, wallet_path):
+def miner_command(config_path, name, network, trackers, data_dir, api, gossip, workers, no_mine, mining_mode,
+                  wallet_path):
     """Run a miner (full node) until SIGTERM or SIGINT.
 
     It joins the trackers, connects to every other miner, syncs the chain and
@@ -153,7 +159,7 @@ def miner_command(config_path, name, network, trackers, data_dir, api, gossip, w
     import signal
     from pathlib import Path
 
-    from zcoin.config import MINER_CONFIG_SPEC, ConfigError, NodeConfig, load_section
+    from zcoin.config import MINER_CONFIG_SPEC, ConfigError, NodeConfig, load_section, parse_mining_mode
     from zcoin.node import Node, StartError
     from zcoin.storage import StoreError
     from zcoin.wallet import WalletError, load_wallet, new_wallet, save_wallet
@@ -170,34 +176,58 @@ def miner_command(config_path, name, network, trackers, data_dir, api, gossip, w
     data = Path(data_dir or cfg["data_dir"] or Path("run") / name)
     wallet_file = wallet_path or cfg["wallet"]
     payout = None
-    mine = cfg["mine"] and not no_mine
+    try:
+        mode = parse_mining_mode(mining_mode or cfg["mining"])
+    except ConfigError as exc:
+        if mining_mode:
+            raise click.BadParameter(str(exc), param_hint="--mining") from None
+        _fail(f"{config_path}: miner.mining: {exc}")
+    mine = cfg["mine"] and not no_mine and mode.kind != "off"
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission, read-only file system
+        _fail(f"cannot make the data directory {data}: {exc.strerror or exc}")
     try:
         if mine:
             if wallet_file is None:
-                data.mkdir(parents=True, exist_ok=True)
                 wallet_file = data / "miner-wallet.json"
                 if not wallet_file.exists():
                     save_wallet(new_wallet(params), wallet_file)
             payout = load_wallet(wallet_file).pubkey
         node = Node(NodeConfig(
             name=name, params=params, data_dir=data, api=api or cfg["api"], gossip=gossip or cfg["gossip"],
-            trackers=tracker_list, mine=mine, workers=workers or cfg["workers"], payout=payout,
+            trackers=tracker_list, mine=mine, mining=mode, workers=workers or cfg["workers"], payout=payout,
             join_deadline_s=float(cfg["join_deadline_s"]), heartbeat_s=float(cfg["heartbeat_s"])))
         node.start()
     except (WalletError, StoreError, StartError) as exc:
         _fail(str(exc))
+    except sqlite3.Error as exc:  # a damaged page read while loading the chain
+        _store_failed(name, data, exc)
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
     signal.signal(signal.SIGINT, lambda *_: node.stop())
     try:
         node.run()
-    except sqlite3.Error as exc:  # disk full, I/O error: every write was rolled back, so a restart is safe
-        _fail(f"{name}: the chain store failed ({exc}); stopped, the store is consistent")
+    except StartError as exc:  # a tracker refused the name for good
+        _fail(str(exc))
+    except sqlite3.Error as exc:
+        _store_failed(name, data, exc)
+
+
+def _store_failed(name: str, data_dir: Path, exc: sqlite3.Error) -> None:
+    """One line for a chain store that failed under the node: damaged, or a write that failed."""
+    if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        _fail(f"{name}: the chain store in {data_dir} is damaged ({exc}); restore it or delete it to resync")
+    # disk full, I/O error: every write was rolled back, so a restart is safe
+    _fail(f"{name}: the chain store failed ({exc}); stopped, the store is consistent")
 
 
 def _client(endpoint: str, timeout_s: float):
-    from zcoin.client import NodeClient
+    from zcoin.client import BadEndpoint, NodeClient
 
-    return NodeClient(endpoint, timeout_s=timeout_s)
+    try:
+        return NodeClient(endpoint, timeout_s=timeout_s)
+    except BadEndpoint as exc:  # a malformed --node value is bad usage, not an unreachable node
+        raise click.BadParameter(str(exc), param_hint="--node") from None
 
 
 def _ask(endpoint: str, timeout_s: float, msg_type: str, **fields):
@@ -253,7 +283,7 @@ def status_command(node: str, as_json: bool, timeout_s: float) -> None:
 
 @cli.group("wallet")
 def wallet_group() -> None:
-    """Make wallets, show their address and balance.
+    """Make wallets, show their address, balance and history.
 
     \b
     Example:
@@ -266,13 +296,17 @@ WALLET_OPTION = click.option("--wallet", "wallet_path", required=True, type=clic
 
 
 def _load_wallet(path: str):
+    from zcoin.consensus.params import NETWORKS
     from zcoin.wallet import WalletError, load_wallet
 
     try:
         wallet = load_wallet(path)
-        return wallet, _params(wallet.network)
     except WalletError as exc:
         _fail(str(exc))
+    if wallet.network not in NETWORKS:  # the file's fault, not that of a --network option
+        _fail(f"{path}: wallet for network {wallet.network!r}, which this zcoin does not know "
+              f"(known: {', '.join(NETWORKS)})")
+    return wallet, NETWORKS[wallet.network]
 
 
 @wallet_group.command("new")
@@ -437,10 +471,15 @@ def bench_command(what: str, workers: int | None, seconds: float, as_json: bool)
             click.echo(f"{key:32} {value}")
 
 
+from zcoin import cli_dev  # noqa: E402,F401  (registers the developer commands: generate, faucet, block, ...)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(obj={})
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m zcoin.cli`: run the imported module, the one cli_dev registered on
+    from zcoin.cli import main as imported_main
+
+    imported_main()

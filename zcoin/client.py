@@ -6,7 +6,9 @@ client's requests in the order they arrive), so a load generator may keep
 several requests in flight with :meth:`NodeClient.send` / :meth:`NodeClient.recv`.
 A request with no reply within the timeout raises :class:`NodeUnavailable`
 (and the socket is replaced, as in the Lazy Pirate recipe, so a late reply is
-never mistaken for the next one).
+never mistaken for the next one).  An endpoint ZeroMQ cannot connect to at all
+(``nonsense``, ``tcp://host`` without a port) raises :class:`BadEndpoint` from
+the constructor.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ DEFAULT_TIMEOUT_S = 5.0
 
 class NodeUnavailable(ConnectionError):
     """The node did not answer within the timeout."""
+
+
+class BadEndpoint(ValueError):
+    """Not an endpoint ZeroMQ can connect to (a usage error, not an unreachable node)."""
 
 
 class NodeError(RuntimeError):
@@ -49,7 +55,11 @@ class NodeClient:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, 100_000)
         self.sock.setsockopt(zmq.SNDHWM, 100_000)
-        self.sock.connect(self.endpoint)
+        try:
+            self.sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise BadEndpoint(f"not a node endpoint: {self.endpoint!r} ({zmq.strerror(exc.errno)})") from None
 
     def close(self) -> None:
         if self.sock is not None:

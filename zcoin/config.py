@@ -123,10 +123,42 @@ MINER_CONFIG_SPEC: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "gossip": (str, "tcp://127.0.0.1:*"),
     "workers": (int, None),
     "mine": (bool, True),
+    "mining": (str, "continuous"),
     "wallet": (str, None),
     "join_deadline_s": ((int, float), JOIN_DEADLINE_S),
     "heartbeat_s": ((int, float), HEARTBEAT_INTERVAL_S),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class MiningMode:
+    """When a miner searches: ``continuous``; ``interval`` (until it finds a block, then rests until
+    the next ``interval_s`` slot); ``on-demand`` (only for ``zcoin generate``); ``off`` (no pool)."""
+
+    kind: str = "continuous"
+    interval_s: float = 0.0
+
+    def __str__(self) -> str:
+        return f"interval:{self.interval_s:g}" if self.kind == "interval" else self.kind
+
+
+MINING_KINDS = ("continuous", "interval", "on-demand", "off")
+
+
+def parse_mining_mode(text: str) -> MiningMode:
+    """``continuous``, ``interval:SECONDS``, ``on-demand`` or ``off``; ConfigError otherwise."""
+    kind, _, arg = text.strip().partition(":")
+    if kind == "interval":
+        try:
+            seconds = float(arg)
+        except ValueError:
+            seconds = math.nan
+        if not (math.isfinite(seconds) and 0 < seconds <= 86_400):
+            raise ConfigError(f"mining mode {text!r}: interval:SECONDS needs 0 < SECONDS <= 86400")
+        return MiningMode("interval", seconds)
+    if kind not in MINING_KINDS or arg:
+        raise ConfigError(f"mining mode {text!r}: expected continuous, interval:SECONDS, on-demand or off")
+    return MiningMode(kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +171,8 @@ class NodeConfig:
     api: str = "tcp://127.0.0.1:*"
     gossip: str = "tcp://127.0.0.1:*"
     trackers: tuple[str, ...] = ()
-    mine: bool = True
+    mine: bool = True  # False: no mining pool at all (the same as mining mode off)
+    mining: MiningMode = MiningMode()
     workers: int | None = None
     payout: bytes | None = None  # x-only key the coinbase pays; None: no mining
     join_deadline_s: float = JOIN_DEADLINE_S

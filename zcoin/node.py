@@ -56,7 +56,8 @@ def is_loopback_endpoint(endpoint: str) -> bool:
 
 
 class StartError(RuntimeError):
-    """The node could not open its sockets (an endpoint in use or malformed): one line for the user."""
+    """The node could not open its sockets (an endpoint in use or malformed), or a tracker refused its
+    name for good: one line for the user."""
 
 
 class SystemClock:
@@ -186,7 +187,7 @@ class Node:
                 raise StartError(str(exc)) from None
             self.core.membership = self.agent
             self.agent.start()
-        if self.config.mine and self.config.payout is not None:
+        if self.config.mine and self.config.mining.kind != "off" and self.config.payout is not None:
             from zcoin.mining import MiningPool
 
             self.pool = MiningPool(self.config.workers)
@@ -211,7 +212,10 @@ class Node:
         self._stop.set()
 
     def run(self) -> None:
-        """The event loop: until :meth:`stop`, serve sockets and timers."""
+        """The event loop: until :meth:`stop`, serve sockets and timers.
+
+        Closes the node however it ends; a tracker's final refusal of the name ends it with :class:`StartError`.
+        """
         try:
             while not self._stop.is_set():
                 self.run_once(POLL_S)
@@ -220,6 +224,9 @@ class Node:
 
     def run_once(self, timeout_s: float = POLL_S) -> None:
         """One turn: wait for input up to ``timeout_s``, hand it to the core, run its timers, flush."""
+        refused = self.agent.refused if self.agent is not None else None
+        if refused:  # never go on alone under a name that another member holds
+            raise StartError(f"the tracker refused the name {self.name}: {refused}")
         core, transport = self.core, self.transport
         for sock in dict(self.poller.poll(int(timeout_s * 1000))):
             if sock is transport.api:

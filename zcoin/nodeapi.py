@@ -10,12 +10,14 @@ acknowledges is on disk.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from zcoin import wire
 from zcoin.consensus import errors as E
-from zcoin.consensus.primitives import Block, Transaction
-from zcoin.mempool import MempoolReject
+from zcoin.consensus.primitives import Block, OutPoint, Transaction
+from zcoin.consensus.validation import UtxoDiff
+from zcoin.mempool import MIN_RELAY_FEE_PER_BYTE, MempoolReject
 
 if TYPE_CHECKING:
     from zcoin.nodecore import NodeCore
@@ -24,7 +26,28 @@ MAX_REPLY_BYTES = 3 * 1024 * 1024  # under wire.MAX_MESSAGE_BYTES with room for 
 MAX_UTXOS_PER_REPLY = 100_000
 
 API_REQUESTS = frozenset({"status", "push_tx", "submit_block", "get_tip", "get_headers", "get_blocks", "get_block",
-                          "get_mempool", "get_txs", "get_utxos", "get_tx", "admin"})
+                          "get_mempool", "get_txs", "get_utxos", "get_tx", "admin", "generate", "get_mempool_info",
+                          "get_history"})
+FEE_RATE_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)  # base units per byte, lower bounds
+
+
+class Refused(wire.WireError):
+    """A well-formed request the node will not serve (forbidden, not mining): held against no one."""
+
+
+class Deferred:
+    """A handler's answer "later": ``attach`` receives the route the reply must take."""
+
+    def __init__(self, attach: Callable[[Any], None]) -> None:
+        self.attach = attach
+
+
+def spent_coins(block: Block, diff: UtxoDiff) -> dict[OutPoint, tuple[int, bytes]]:
+    """``(amount, pubkey)`` of every coin ``block``'s inputs spend: from its undo data, or made in the block."""
+    coins = {op: (coin.amount, coin.pubkey) for op, coin in diff.spent}
+    for tx in block.txs:
+        coins.update({OutPoint(tx.txid, i): (out.amount, out.pubkey) for i, out in enumerate(tx.outputs)})
+    return coins
 
 
 class NodeApi:
@@ -45,7 +68,7 @@ class NodeApi:
             "node": core.name, "network": core.params.name, "height": tip.height, "tip": tip.hash_hex,
             "work": hex(tip.chain_work), "peers": len(core.peers), "mempool": len(core.mempool),
             "hashrate": float(rates["total"]), "worker_hashrates": [float(r) for r in rates["workers"]],
-            "synced": core.synced, "mining": core.miner is not None,
+            "synced": core.synced, "mining": core.miner is not None, "mining_mode": core.mining.describe(),
             "best_header": core.chain.best_header.height, "orphans": len(core.chain.orphans),
             "api": core.endpoints.get("api", ""), "gossip": core.endpoints.get("gossip", ""),
             "peer_list": [{"node": p.name, "height": p.height, "score": core.score(p), "banned": core.banned(p)}
@@ -102,14 +125,26 @@ class NodeApi:
         return wire.encode("blocks", blocks=blocks)
 
     def on_get_block(self, msg: wire.Message) -> bytes:
-        chain = self.core.chain
+        core = self.core
+        chain = core.chain
         block_hash = msg.get("hash")
         if block_hash is None and msg.get("height") is not None:
             entry = chain.entry_at(msg["height"])
             block_hash = entry.hash if entry else None
         entry = chain.index.get(block_hash) if block_hash else None
-        raw = self.core.store.get_block_raw(block_hash) if entry is not None else None
-        return wire.encode("block", block=raw, height=entry.height if raw is not None else None)
+        raw = core.store.get_block_raw(block_hash) if entry is not None else None
+        if raw is None:
+            return wire.encode("block")
+        active = chain.in_active_chain(block_hash)
+        diff = core.store.get_undo(block_hash) if active else None
+        fees = None
+        if diff is not None:
+            block = Block.parse(raw)
+            coins = spent_coins(block, diff)
+            fees = sum(coins[i.prev][0] for tx in block.txs[1:] for i in tx.inputs) \
+                - sum(o.amount for tx in block.txs[1:] for o in tx.outputs)
+        return wire.encode("block", block=raw, height=entry.height, active=active, tip_height=chain.height,
+                           fees=fees)
 
     def on_get_mempool(self, msg: wire.Message) -> bytes:
         return wire.encode("mempool", txids=[tx.txid for tx in self.core.mempool.txs()[:wire.MAX_MEMPOOL_IDS]])
@@ -136,18 +171,81 @@ class NodeApi:
              "confirmed": c.height <= height} for op, c in coins[:MAX_UTXOS_PER_REPLY]])
 
     def on_get_tx(self, msg: wire.Message) -> bytes:
-        txid = msg["txid"]
-        if txid in self.core.mempool:
-            return wire.encode("tx_status", state="mempool")
-        height = self.core.store.tx_height(txid)
-        if height is not None:
-            return wire.encode("tx_status", state="confirmed", height=height)
-        return wire.encode("tx_status", state="unknown")
+        """Where a transaction is; ``verbose`` adds the transaction and the coins it spends (Core's
+        ``getrawtransaction`` verbose), which costs reading its block, so it is asked for only by need."""
+        core = self.core
+        txid, verbose = msg["txid"], msg.get("verbose", False)
+        tx = core.mempool.get(txid)
+        if tx is not None:
+            if not verbose:
+                return wire.encode("tx_status", state="mempool")
+            prevouts = [self._mempool_prevout(txin.prev) for txin in tx.inputs]
+            return wire.encode("tx_status", state="mempool", tx=tx.raw,
+                               prevouts=prevouts if None not in prevouts else None)
+        height = core.store.tx_height(txid)
+        block_hash = core.store.hash_at(height) if height is not None else None
+        if block_hash is None:
+            return wire.encode("tx_status", state="unknown")
+        confirmed = {"height": height, "block": block_hash, "confirmations": core.chain.height - height + 1}
+        if not verbose:
+            return wire.encode("tx_status", state="confirmed", **confirmed)
+        block = core.store.get_block(block_hash)
+        tx = next(t for t in block.txs if t.txid == txid)
+        prevouts = None
+        if not tx.is_coinbase:
+            coins = spent_coins(block, core.store.get_undo(block_hash) or UtxoDiff((), ()))
+            prevouts = [{"amount": coins[i.prev][0], "pubkey": coins[i.prev][1]} for i in tx.inputs]
+        return wire.encode("tx_status", state="confirmed", tx=tx.raw, prevouts=prevouts, **confirmed)
+
+    def _mempool_prevout(self, prev: OutPoint) -> dict | None:
+        """The coin a pool transaction spends: on the chain, or an output of a pool parent."""
+        coin = self.core.store.get_coin(prev)
+        if coin is not None:
+            return {"amount": coin.amount, "pubkey": coin.pubkey}
+        parent = self.core.mempool.get(prev.txid)
+        if parent is not None and prev.index < len(parent.outputs):
+            out = parent.outputs[prev.index]
+            return {"amount": out.amount, "pubkey": out.pubkey}
+        return None
+
+    def on_get_mempool_info(self, msg: wire.Message) -> bytes:
+        pool = self.core.mempool
+        buckets = {low: [0, 0] for low in FEE_RATE_BUCKETS}
+        for entry in pool.entries.values():
+            low = max(b for b in FEE_RATE_BUCKETS if b <= entry.fee_rate)
+            buckets[low][0] += 1
+            buckets[low][1] += entry.size
+        histogram = [{"min_rate": low, "count": n, "bytes": size} for low, (n, size) in sorted(buckets.items(),
+                                                                                              reverse=True) if n]
+        return wire.encode("mempool_info", count=len(pool), bytes=pool.bytes, fees=pool.fees,
+                           min_fee_rate=float(MIN_RELAY_FEE_PER_BYTE), max_bytes=pool.max_bytes, histogram=histogram)
+
+    def on_get_history(self, msg: wire.Message) -> bytes:
+        core = self.core
+        pubkey = msg["pubkey"]
+        items = [{"txid": txid, "height": height, "received": received, "spent": spent}
+                 for txid, height, received, spent in core.store.history_of(pubkey)]
+        for tx in core.mempool.txs():  # pending: in pool order, so parents come before children
+            received = sum(o.amount for o in tx.outputs if o.pubkey == pubkey)
+            prevouts = [self._mempool_prevout(txin.prev) for txin in tx.inputs]
+            spent = sum(p["amount"] for p in prevouts if p is not None and p["pubkey"] == pubkey)
+            if received or spent:
+                items.append({"txid": tx.txid, "height": -1, "received": received, "spent": spent})
+        return wire.encode("history", height=core.chain.height, items=items[-wire.MAX_HISTORY_ITEMS:])
+
+    def on_generate(self, msg: wire.Message) -> Deferred:
+        """Mine ``blocks`` blocks on our tip now (Bitcoin's ``generatetoaddress``); answer once connected."""
+        core = self.core
+        if not core.admin_allowed:
+            raise Refused("forbidden", "admin requests are served on a loopback api only")
+        if core.miner is None:
+            raise Refused("not-mining", f"{core.name} has no mining pool (mining mode off or no payout key)")
+        return Deferred(lambda route: core.mining.demand(route, msg["blocks"], msg.get("payout")))
 
     def on_admin(self, msg: wire.Message) -> bytes:
         core = self.core
         if not core.admin_allowed:
-            raise wire.WireError("forbidden", "admin requests are served on a loopback api only")
+            raise Refused("forbidden", "admin requests are served on a loopback api only")
         action, name = msg["action"], msg["peer"]
         if action == "disconnect":
             core.blocked.add(name)

@@ -33,14 +33,15 @@ from loguru import logger
 
 from zcoin import wire
 from zcoin.chain import Chain
-from zcoin.config import RETEMPLATE_INTERVAL_S, NodeConfig
+from zcoin.config import NodeConfig
 from zcoin.consensus import errors as E
 from zcoin.consensus.crypto import sha256d
 from zcoin.consensus.primitives import Block, Transaction
 from zcoin.download import BlockDownload
 from zcoin.mempool import Mempool, MempoolReject, TxAlreadyKnown, TxConflict
 from zcoin.misbehaviour import Misbehaviour
-from zcoin.nodeapi import API_REQUESTS, NodeApi
+from zcoin.nodeapi import API_REQUESTS, Deferred, NodeApi, Refused
+from zcoin.nodemining import MiningControl
 from zcoin.peers import REPLY_TYPES, Match, Peer, Request
 from zcoin.storage import ChainStore
 from zcoin.tracker.protocol import MemberInfo
@@ -336,6 +337,11 @@ class NodeCore:
             if handler is None:
                 raise wire.WireError("unsupported", f"{msg.type} is not an api request")
             reply = handler(msg)
+            if isinstance(reply, Deferred):
+                reply.attach(route)  # the handler replies later, through reply_later
+                return
+        except Refused as exc:  # well formed, but not served: held against no one
+            reply = wire.encode("error", reason=exc.reason, detail=exc.detail[:1024])
         except wire.WireError as exc:
             self.on_bad_request(identity, exc.reason)
             reply = wire.encode("error", reason=exc.reason, detail=exc.detail[:1024])
@@ -345,6 +351,10 @@ class NodeCore:
             self.log.exception("api handler failed")
             reply = wire.encode("error", reason="internal", detail=type(exc).__name__)
         self._outbox.append((route, reply))
+
+    def reply_later(self, route: Any, payload: bytes) -> None:
+        """Answer a request whose handler deferred its reply (sent at the next flush)."""
+        self._outbox.append((route, payload))
 
     def on_bad_request(self, identity: bytes, why: str) -> None:
         score, _ = self.misbehaviour.penalise(identity, PENALTY_MALFORMED, self.clock.monotonic())
@@ -455,56 +465,5 @@ class NodeCore:
         """Blocks the mining pool found (``zcoin.mining.Found``), for jobs current or past."""
         for block in self.mining.blocks_found(found):
             self.accept_block(block, None, relay=True)
-
-
-class MiningControl:
-    """The node core's control of its mining pool: which job it searches, and when it changes.
-
-    A job is the current tip's template; it is replaced when the tip changes, when the
-    mempool pays more (at most every ``RETEMPLATE_INTERVAL_S``) or when its nonces run out,
-    and cancelled while the node is not synced.  Results for an older job are dropped.
-    """
-
-    def __init__(self, core: NodeCore) -> None:
-        self.core = core
-        self.job_id = 0
-        self.templates: dict[int, object] = {}  # job id -> template, for the job being searched
-        self.tip = b""  # the tip the job builds on (empty: no job)
-        self.fees = -1
-        self.made_at = 0.0
-
-    def blocks_found(self, found: list) -> list[Block]:
-        from zcoin.mining import block_from_found
-
-        blocks = []
-        for result in found:
-            template = self.templates.get(result.job_id)
-            if template is None or result.job_id != self.job_id:
-                continue
-            block = block_from_found(template, result)
-            self.core.log.info("block found", height=template.height, block=block.hash_hex, worker=result.worker)
-            blocks.append(block)
-        return blocks
-
-    def on_timer(self, now: float) -> None:
-        from zcoin.mining import build_template, job_from_template
-
-        core, miner = self.core, self.core.miner
-        if not core.synced:
-            if self.tip:
-                miner.cancel()
-                self.tip = b""
-            return
-        tip = core.chain.tip.hash
-        fees_changed = now - self.made_at >= RETEMPLATE_INTERVAL_S and core.mempool.fees > self.fees
-        if tip == self.tip and not fees_changed and not miner.job_exhausted:
-            return
-        # Every job gets its own extra nonce, so even a template identical in all else
-        # (an exhausted search) has a new merkle root and fresh nonces to try.
-        template = build_template(core.chain, core.mempool, core.config.payout, int(core.clock.time()),
-                                  extra_nonce=(self.job_id + 1).to_bytes(8, "little"))
-        self.job_id += 1
-        self.templates = {self.job_id: template}
-        miner.submit(job_from_template(template, self.job_id, core.params.max_future_block_time_s))
-        self.tip, self.fees, self.made_at = tip, core.mempool.fees, now
-        core.log.debug("mining job", job=self.job_id, height=template.height, txs=len(template.txs))
+            if self.chain.tip.hash == block.hash:
+                self.mining.on_block_connected(block, self.clock.monotonic())

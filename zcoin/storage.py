@@ -8,6 +8,8 @@ Tables:
 - ``active``: height -> hash of the active chain;
 - ``utxo``: the unspent outputs of the active chain (indexed by key for wallets);
 - ``tx_index``: txid -> height of every transaction on the active chain;
+- ``address_index``: per key, every active-chain transaction that paid it or spent
+  its coins (amounts received and spent), for wallet histories and explorers;
 - ``mempool``: the transactions the node has acknowledged and not yet seen
   confirmed, in arrival order, so that a crash loses none of them.
 
@@ -40,6 +42,11 @@ HEADER_ONLY = 1  # header checked, body not yet received
 HAVE_DATA = 2  # body stored, not (yet) connected or no longer connected
 INVALID = 9  # failed a rule; never connected again
 
+# quick_check reads the whole file (seconds on a large chain), so it runs only on a store left open
+# by a crash, where a half-written page is likeliest; damage is then reported at open rather than as a
+# failed write later.  This many problems are named in the error.
+QUICK_CHECK_ERRORS = 3
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (
@@ -64,12 +71,36 @@ CREATE TABLE IF NOT EXISTS utxo (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS utxo_by_pubkey ON utxo (pubkey);
 CREATE TABLE IF NOT EXISTS tx_index (txid BLOB PRIMARY KEY, height INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS address_index (
+    pubkey BLOB NOT NULL,
+    height INTEGER NOT NULL,
+    pos INTEGER NOT NULL,
+    txid BLOB NOT NULL,
+    received INTEGER NOT NULL,
+    spent INTEGER NOT NULL,
+    PRIMARY KEY (pubkey, height, pos)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS address_index_by_height ON address_index (height);
 CREATE TABLE IF NOT EXISTS mempool (seq INTEGER PRIMARY KEY AUTOINCREMENT, txid BLOB UNIQUE NOT NULL, raw BLOB NOT NULL);
 """
 
 
 class StoreError(Exception):
     """A store that cannot be opened or used (wrong network, wrong schema, corrupt)."""
+
+
+def _wal_has_content(path: Path) -> bool:
+    """Whether the store at ``path`` was left open: its write-ahead log exists and is not empty.
+
+    SQLite deletes the log when the last connection closes cleanly and leaves it after a crash,
+    ``kill -9`` or power loss (or while another connection is open).  This signal is chosen over a
+    flag in ``meta`` set on open and cleared on close because SQLite keeps it for us: it costs no
+    write on open or close, and a second connection closing cannot clear it for a first one still open.
+    """
+    try:
+        return Path(f"{path}-wal").stat().st_size > 0
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +141,14 @@ class ChainStore:
     def __init__(self, path: str | Path, params: ChainParams, *, synchronous: str = "FULL") -> None:
         self.path = Path(path)
         self.params = params
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        unclean = _wal_has_content(self.path)
         try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        except sqlite3.Error as exc:  # no such directory, a directory in the way, no permission
+            raise StoreError(f"{self.path}: cannot open the store ({exc})") from None
+        try:
+            if unclean:
+                self._check_pages()
             tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if tables and "meta" not in tables:
                 raise StoreError(f"{self.path}: an SQLite file of something else, not a zcoin store")
@@ -127,6 +164,17 @@ class ChainStore:
             raise
 
     # --- opening -------------------------------------------------------------
+
+    def _check_pages(self) -> None:
+        """``PRAGMA quick_check`` (every page, the b-trees, the records), raising ``StoreError`` on damage."""
+        try:
+            report = [row[0] for row in self.db.execute(f"PRAGMA quick_check({QUICK_CHECK_ERRORS})")]
+        except sqlite3.DatabaseError as exc:  # too damaged to be walked at all
+            report = [str(exc)]
+        if report != ["ok"]:  # one problem a line, under a "*** in database main ***" heading
+            problems = [line for text in report for line in text.splitlines() if not line.startswith("***")]
+            raise StoreError(f"{self.path}: the store is damaged (quick_check: {'; '.join(problems)}); "
+                             "restore it or delete it to resync")
 
     def _meta(self, key: str) -> bytes | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -147,6 +195,18 @@ class ChainStore:
                              f"not {self.params.name!r}")
         if self._meta("genesis") != self.params.genesis_hash:
             raise StoreError(f"{self.path}: genesis block differs from network {self.params.name!r}")
+        if self._meta("address_index") is None:
+            self._build_address_index()
+
+    def _build_address_index(self) -> None:
+        """Index a store written before the address index existed, from its blocks and undo data."""
+        with self.transaction():
+            self.db.execute("DELETE FROM address_index")
+            for height, body, undo in self.db.execute(
+                    "SELECT a.height, b.body, b.undo FROM active a JOIN blocks b ON a.hash = b.hash ORDER BY a.height"
+            ).fetchall():
+                self._index_addresses(Block.parse(body), height, _unpack_diff(undo))
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('address_index', ?)", (b"1",))
 
     def _init_genesis(self) -> None:
         genesis = self.params.genesis
@@ -157,6 +217,7 @@ class ChainStore:
                 ("network", self.params.name.encode()),
                 ("genesis", genesis.hash),
                 ("tip", genesis.hash),
+                ("address_index", b"1"),
             ])
             self.db.execute("INSERT INTO blocks VALUES (?, ?, 0, ?, ?, ?, ?, ?)", (
                 genesis.hash, genesis.header.prev_hash, _work_bytes(block_work(genesis.header.bits)),
@@ -245,6 +306,7 @@ class ChainStore:
                                 [(op.txid, op.index) for op, _ in diff.created])
             self._insert_coins(diff.spent)
             self.db.executemany("DELETE FROM tx_index WHERE txid = ?", [(tx.txid,) for tx in block.txs])
+            self.db.execute("DELETE FROM address_index WHERE height = ?", (height,))
             self.db.execute("DELETE FROM active WHERE height = ?", (height,))
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'tip'", (block.header.prev_hash,))
         return diff
@@ -254,6 +316,26 @@ class ChainStore:
                             [(op.txid, op.index) for op, _ in diff.spent])
         self._insert_coins(diff.created)
         self.db.executemany("INSERT OR REPLACE INTO tx_index VALUES (?, ?)", [(tx.txid, height) for tx in block.txs])
+        self._index_addresses(block, height, diff)
+
+    def _index_addresses(self, block: Block, height: int, diff: UtxoDiff) -> None:
+        """Per (key, transaction): what the block's transactions paid the key and spent of its coins.
+
+        Computed from the block itself (a coin created and spent in the same block is in no diff).
+        """
+        coins = {op: (coin.pubkey, coin.amount) for op, coin in diff.spent}
+        totals: dict[tuple[bytes, int], list] = {}  # (key, position in the block) -> [txid, received, spent]
+        for pos, tx in enumerate(block.txs):
+            for index, out in enumerate(tx.outputs):
+                coins[OutPoint(tx.txid, index)] = (out.pubkey, out.amount)
+                totals.setdefault((out.pubkey, pos), [tx.txid, 0, 0])[1] += out.amount
+            if not tx.is_coinbase:
+                for txin in tx.inputs:
+                    pubkey, amount = coins[txin.prev]
+                    totals.setdefault((pubkey, pos), [tx.txid, 0, 0])[2] += amount
+        self.db.executemany("INSERT OR REPLACE INTO address_index VALUES (?, ?, ?, ?, ?, ?)",
+                            [(pubkey, height, pos, txid, received, spent)
+                             for (pubkey, pos), (txid, received, spent) in totals.items()])
 
     def _insert_coins(self, items) -> None:
         self.db.executemany("INSERT INTO utxo VALUES (?, ?, ?, ?, ?, ?)",
@@ -295,6 +377,16 @@ class ChainStore:
     def load_mempool_txs(self) -> list[bytes]:
         """The remembered transactions, oldest first."""
         return [row[0] for row in self.db.execute("SELECT raw FROM mempool ORDER BY seq")]
+
+    def history_of(self, pubkey: bytes) -> list[tuple[bytes, int, int, int]]:
+        """``(txid, height, received, spent)`` of every active-chain transaction touching ``pubkey``, in chain order."""
+        return self.db.execute("SELECT txid, height, received, spent FROM address_index WHERE pubkey = ? "
+                               "ORDER BY height, pos", (pubkey,)).fetchall()
+
+    def get_undo(self, block_hash: bytes) -> UtxoDiff | None:
+        """What connecting ``block_hash`` did to the UTXO set (None while it is not connected)."""
+        row = self.db.execute("SELECT undo FROM blocks WHERE hash = ?", (block_hash,)).fetchone()
+        return _unpack_diff(row[0]) if row and row[0] is not None else None
 
     def tx_height(self, txid: bytes) -> int | None:
         """Height of the active-chain block holding ``txid``, or None."""

@@ -253,13 +253,16 @@ MAX_HEADERS_PER_REPLY = 2000  # Bitcoin's cap on one ``headers`` message
 MAX_BLOCKS_PER_REQUEST = 16
 MAX_TXS_PER_REQUEST = 500
 MAX_MEMPOOL_IDS = 50_000
+MAX_HISTORY_ITEMS = 50_000
+MAX_GENERATE_PER_REQUEST = 100  # `zcoin generate` asks block by block, for progress and Ctrl-C
+MAX_AMOUNT = 2**63 - 1
 
 
 HASH = Bytes(size=32)
 register("status")
 register("status_reply", node=Str(64), network=Str(32), height=Int(), tip=Str(64), work=Str(80),
               peers=Int(), mempool=Int(), hashrate=Float(), worker_hashrates=List(Float(), max_len=1024),
-              synced=Bool(), mining=Bool(),
+              synced=Bool(), mining=Bool(), mining_mode=Opt(Str(32)),
               best_header=Int(), orphans=Int(), api=Str(256), gossip=Str(256),
               peer_list=List(Map({"node": Str(64), "height": Int(lo=-1), "score": Int(lo=-10**9, hi=10**9),
                                   "banned": Bool()}), max_len=10_000))
@@ -272,7 +275,9 @@ register("headers", headers=List(Bytes(size=80), max_len=MAX_HEADERS_PER_REPLY))
 register("get_blocks", hashes=List(HASH, max_len=MAX_BLOCKS_PER_REQUEST))
 register("blocks", blocks=List(Bytes(), max_len=MAX_BLOCKS_PER_REQUEST))
 register("get_block", hash=Opt(HASH), height=Opt(Int()))
-register("block", block=Opt(Bytes()), height=Opt(Int()))
+# ``active``: on the active chain (confirmations = tip_height - height + 1); ``fees``: from its undo data.
+register("block", block=Opt(Bytes()), height=Opt(Int()), active=Opt(Bool()), tip_height=Opt(Int()),
+         fees=Opt(Int(lo=0, hi=MAX_AMOUNT)))
 register("get_mempool")
 register("mempool", txids=List(HASH, max_len=MAX_MEMPOOL_IDS))
 register("get_txs", txids=List(HASH, max_len=MAX_TXS_PER_REQUEST))
@@ -283,8 +288,22 @@ register("utxos", height=Int(), coins=List(Map({"txid": HASH, "index": Int(), "a
 register("submit_block", block=Bytes())
 register("block_result", accepted=Bool(), hash=Str(64), height=Opt(Int()), reason=Opt(Str(512)),
               code=Opt(Str(64)))
-register("get_tx", txid=HASH)
-register("tx_status", state=Str(16), height=Opt(Int()))
+register("get_tx", txid=HASH, verbose=Opt(Bool()))  # verbose: with the raw tx and its prevouts
+# state: "mempool", "confirmed" (height, block, confirmations) or "unknown"; when asked verbose, with the raw
+# transaction and, per input in order, the coin it spends (absent when any is unknown, and for a coinbase).
+register("tx_status", state=Str(16), height=Opt(Int()), block=Opt(HASH), confirmations=Opt(Int()),
+         tx=Opt(Bytes(1_000_000)), prevouts=Opt(List(Map({"amount": Int(hi=MAX_AMOUNT), "pubkey": Bytes(size=32)}),
+                                                    max_len=100_000)))
+register("get_mempool_info")
+# histogram: fee-rate buckets (base units per byte, lower bound inclusive), highest first.
+register("mempool_info", count=Int(), bytes=Int(), fees=Int(), min_fee_rate=Float(), max_bytes=Int(),
+         histogram=List(Map({"min_rate": Int(), "count": Int(), "bytes": Int()}), max_len=64))
+register("get_history", pubkey=Bytes(size=32))
+# Every transaction that paid or spent ``pubkey``'s coins, confirmed (oldest first) then pending (height -1).
+register("history", height=Int(), items=List(Map({"txid": HASH, "height": Int(lo=-1), "received": Int(),
+                                                  "spent": Int()}), max_len=MAX_HISTORY_ITEMS))
+register("generate", blocks=Int(lo=1, hi=MAX_GENERATE_PER_REQUEST), payout=Opt(Bytes(size=32)))
+register("generated", hashes=List(Str(64), max_len=MAX_GENERATE_PER_REQUEST), height=Int())
 register("admin", action=Str(32), peer=Str(64))
 register("ok", detail=Opt(Str(256)))
 register("gossip_tx", seq=Int(), tx=Bytes(1_000_000))

@@ -6,7 +6,7 @@
 - :mod:`support.chain`: :class:`~support.chain.Builder`, valid regtest blocks made
   in memory and forkable; ``MINER_PUBKEY``; block surgery (``grind``,
   ``with_header``, ``with_txs``); opening stores and chains, replaying and
-  checking them.
+  checking them; stores as a crash leaves them, and garbled ones.
 - :mod:`support.payments`: :func:`~support.payments.pay`, the one way to sign a
   payment; the development accounts' premine (``dev_outpoint(params, index)``,
   ``premine_spend``) and ``spend_output``.

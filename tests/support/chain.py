@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -218,6 +219,31 @@ def open_chain(path: str | Path, params: ChainParams = PARAMS, *, orphans: Orpha
     """A store at ``path`` and the chain manager over it."""
     store = ChainStore(path, params, synchronous=synchronous)
     return store, Chain(store, params, orphans=orphans)
+
+
+def write_crashed_store(path: Path, blocks: list[Block], params: ChainParams = PARAMS) -> None:
+    """A store at ``path`` holding ``blocks``, its files as ``kill -9`` leaves them.
+
+    The blocks are written through a store at a scratch path beside ``path``: all but the last
+    are checkpointed into its main file, the last stays in its write-ahead log, and both files
+    are copied while it is still open (a clean close folds the log in and deletes it).
+    """
+    scratch = path.with_name(f"{path.name}.writer")
+    store, chain = open_chain(scratch, params)
+    add_all(chain, blocks[:-1])
+    store.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    add_all(chain, blocks[-1:])
+    for suffix in ("", "-wal"):
+        shutil.copyfile(f"{scratch}{suffix}", f"{path}{suffix}")
+    store.close()
+
+
+def garble_middle(path: Path) -> None:
+    """Overwrite the middle half of the file at ``path`` with a fixed byte (pages torn by a failing disk)."""
+    data = bytearray(path.read_bytes())
+    start, end = len(data) // 4, 3 * len(data) // 4
+    data[start:end] = b"\x5a" * (end - start)
+    path.write_bytes(bytes(data))
 
 
 def add_all(chain: Chain, blocks: Iterable[Block]) -> None:

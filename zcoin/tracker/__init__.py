@@ -40,7 +40,10 @@ Rules that make it reliable:
 * Clients follow the zguide *Lazy Pirate* pattern: poll with a per-try timeout, and on
   silence close the REQ socket (linger 0), open a new one and resend.  A miner that is
   not a member after ``join_deadline_s`` enters the *timeout* state (one warning line)
-  and keeps retrying with capped exponential backoff; it never gives up.  With several
+  and keeps retrying with capped exponential backoff; it never gives up, unless the
+  tracker's last answer still refuses its name at that deadline (``duplicate-id``: the
+  refusal is final, and the miner stops saying why; before the deadline the holder may
+  be its own killed previous run, whose lease runs out).  With several
   trackers the client joins each one and merges their lists; while every tracker is
   down it keeps the last list it knew, so the node keeps relaying and mining.
 

@@ -137,6 +137,7 @@ class MembershipAgent:
         self._members: dict[str, MemberInfo] = {}
         self._tracker_status: dict[str, dict[str, Any]] = {}
         self._state = "joining"
+        self._refused: str | None = None
         self._stop_event = threading.Event()
         self._leave_budget_s = request_timeout_s
         self._thread: threading.Thread | None = None
@@ -144,8 +145,19 @@ class MembershipAgent:
 
     @property
     def state(self) -> str:
-        """"joining", "member" (of at least one tracker), "timeout" (every join past its deadline) or "stopped"."""
+        """"joining", "member" (of at least one tracker), "timeout" (every join past its deadline, none
+        refused: see :attr:`refused`) or "stopped"."""
         return self._state
+
+    @property
+    def refused(self) -> str | None:
+        """Why a tracker will not have this node ("reason: detail", e.g. ``duplicate-id: ...``), or None.
+
+        Set once a tracker's refusal of the name or endpoints is final (see
+        :attr:`TrackerLink.refused`); the node must not go on alone under a name that is not its own,
+        so while it is set the state never becomes "timeout".
+        """
+        return self._refused
 
     def members(self) -> dict[str, MemberInfo]:
         """A copy of the merged known members, without this node."""
@@ -234,9 +246,14 @@ class MembershipAgent:
         for link in links:  # on conflicting entries the first configured tracker wins
             for node, info in link.view().items():
                 merged.setdefault(node, info)
+        refusing = next((link for link in links if link.refused), None)
+        refused = refusing.refused if refusing is not None else None
+        if refused is not None and refused != self._refused:
+            refusing.log.error("the tracker refused this node for good", reason=refused)
+        self._refused = refused  # before the state, which depends on it
         if any(link.phase == Phase.MEMBER for link in links):
             state = "member"
-        elif all(link.timed_out for link in links):
+        elif all(link.timed_out for link in links) and refused is None:
             state = "timeout"
         else:
             state = "joining"

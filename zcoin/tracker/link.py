@@ -26,6 +26,8 @@ from zcoin.wire import Message, WireError
 
 MAX_BUFFERED_EVENTS = 10_000  # updates kept while waiting for a snapshot
 CARRY_OVER_LEASES = 2  # leases a client keeps members that a restarted tracker has not relisted
+# Refusals of who we are (our name, our endpoints), which no retry changes while they hold.
+NAME_REFUSALS = frozenset({"duplicate-id", "bad-node-id", "bad-endpoint"})
 
 
 class Phase(StrEnum):
@@ -94,6 +96,7 @@ class TrackerLink:
         self.next_send_at = 0.0
         self.backoff_s = cfg.backoff_initial_s
         self.last_error = ""
+        self.refusal: str | None = None  # "reason: detail" when the last answer to our JOIN refused our name
         self.last_ok = 0.0  # when our lease was last renewed
         self.lease_s = LEASE_MISSES * cfg.heartbeat_s
         self.heartbeat_s = cfg.heartbeat_s
@@ -111,6 +114,17 @@ class TrackerLink:
     def state(self) -> str:
         """"member", "joining" or "timeout" for this tracker."""
         return "member" if self.phase == Phase.MEMBER else "timeout" if self.timed_out else "joining"
+
+    @property
+    def refused(self) -> str | None:
+        """Why the tracker will not have us ("reason: detail"), once that is final; None otherwise.
+
+        A refusal of the name (or endpoints) is final when the join deadline passes with it still
+        the tracker's last answer.  Until then the holder may be this very miner's previous run,
+        killed before it could leave and restarted on new (ephemeral) ports: its lease runs out
+        and the retried join succeeds.
+        """
+        return self.refusal if self.timed_out else None
 
     def view(self) -> dict[str, MemberInfo]:
         """What this tracker says about the members (with those carried over a restart)."""
@@ -220,6 +234,8 @@ class TrackerLink:
             self._on_bad_reply(now, f"undecodable reply: {exc}")
             return []
         actions: list[Action] = []
+        if kind == "join":
+            self.refusal = _name_refusal(msg)
         if msg.type == "error":
             self._on_error_reply(now, kind, msg)
         elif kind == "join" and msg.type == "list" and msg.get("token"):
@@ -364,3 +380,11 @@ class TrackerLink:
             self.members[node] = MemberInfo(node, msg["gossip"], msg["api"])
         elif msg["kind"] == EVENT_LEFT:
             self.members.pop(node, None)
+
+
+def _name_refusal(reply: Message) -> str | None:
+    """``"reason: detail"`` when ``reply`` refuses our name or endpoints, else None."""
+    if reply.type != "error" or reply["reason"] not in NAME_REFUSALS:
+        return None
+    detail = reply.get("detail", "")
+    return f"{reply['reason']}: {detail}" if detail else reply["reason"]
