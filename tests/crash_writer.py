@@ -6,11 +6,21 @@ three signed 1-in/2-out transactions spending the development accounts' coins,
 one block over them through ``Chain.add_block``, and ``connected <height>``
 printed only after ``add_block`` returned (the block is acknowledged).  The
 test kills it with SIGKILL at a random moment and checks the store.
+
+``python crash_writer.py --fork-server`` imports all that once and then starts
+writers by ``fork`` (milliseconds, where a fresh interpreter takes a quarter of
+a second, for each of the test's kills).  It reads commands on stdin and answers
+each with one line: ``start STORE_PATH OUTPUT_PATH`` forks a writer whose output
+goes to OUTPUT_PATH and answers ``pid PID``; ``reap PID`` waits for that writer
+to end and answers ``exit STATUS`` (``-9`` after SIGKILL, as ``subprocess``
+reports it).  End of input ends the server.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from collections import deque
 
 from zcoin.chain import Chain
@@ -54,5 +64,33 @@ def main(path: str) -> None:
         print(f"connected {chain.height}", flush=True)
 
 
+def serve() -> None:
+    """The fork server (see the module docstring)."""
+    for line in sys.stdin:
+        command, *args = line.split()
+        if command == "start":
+            path, output = args
+            pid = os.fork()
+            if pid == 0:  # the writer: its output to the file, until killed
+                try:
+                    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                    os.dup2(fd, 1)
+                    os.dup2(fd, 2)
+                    main(path)
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    os._exit(1)
+            print(f"pid {pid}", flush=True)
+        elif command == "reap":
+            _, status = os.waitpid(int(args[0]), 0)
+            print(f"exit {-os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)}", flush=True)
+        else:
+            raise SystemExit(f"unknown command {line!r}")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--fork-server":
+        serve()
+    else:
+        main(sys.argv[1])

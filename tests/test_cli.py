@@ -231,3 +231,195 @@ def test_a_miner_whose_name_the_tracker_refuses_says_why_and_exits_1(procs, tmp_
     peers = procs.cli("peers", "--tracker", tracker, "--json")
     assert peers.returncode == 0, peers.stderr
     assert [(m["node"], m["api"]) for m in json.loads(peers.stdout)["members"]] == [("m1", first_api)]
+
+
+# --- zcoin send: acknowledged, refused, unknown --------------------------------------------
+
+
+def _wait_for_cluster(apis: list[str]) -> None:
+    from support.waiting import wait_until
+    from zcoin.client import NodeClient
+
+    def all_synced_with_every_peer() -> bool:
+        statuses = []
+        for api in apis:
+            with NodeClient(api, timeout_s=5.0) as client:
+                statuses.append(client.request("status"))
+        return all(s["synced"] and s["peers"] == len(apis) - 1 for s in statuses)
+
+    wait_until(all_synced_with_every_peer, 30, "every node synced with every other")
+
+
+def test_a_send_the_node_does_not_answer_exits_3_and_the_next_send_re_pushes_it_and_spends_only_its_change(
+        procs, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from zcoin.client import NodeClient
+    from zcoin.consensus.params import LOCAL
+    from zcoin.consensus.primitives import OutPoint
+    from zcoin.wallet import encode_address, load_wallet
+
+    _, tracker = procs.start_tracker()
+    (frozen, frozen_api), (_, other_api), (_, third_api) = [
+        procs.start_miner(name, [tracker], mine=False) for name in ("frozen", "other", "third")]
+    _wait_for_cluster([frozen_api, other_api, third_api])
+    wallet = _dev_wallet(tmp_path, 0)
+    bob = encode_address(LOCAL.dev_pubkey(1), LOCAL)
+    send = ["send", "--wallet", wallet, "--to", bob, "--amount", "5000", "--timeout", "2"]
+
+    pushes = NodeClient.send
+
+    def freeze_before_the_push(client, msg_type, **fields):  # the node stops between the coin lookup and the push
+        if msg_type == "push_tx" and client.endpoint == frozen_api:
+            os.kill(frozen.pid, signal.SIGSTOP)
+        pushes(client, msg_type, **fields)
+
+    monkeypatch.setattr(NodeClient, "send", freeze_before_the_push)
+    try:
+        unknown = CliRunner().invoke(cli, [*send, "--node", frozen_api])
+        assert unknown.exit_code == 3, unknown.output
+        (first,) = load_wallet(wallet).payments
+        assert first.txid in unknown.stdout and first.inputs == (OutPoint(LOCAL.genesis.txs[0].txid, 0),)
+        assert unknown.stderr.strip().splitlines()[-1] == (
+            f"Error: no answer from {frozen_api} within 2s; outcome unknown: the payment stays pending and will be "
+            "re-pushed, never rebuilt from the same coins")
+        listed = CliRunner().invoke(cli, ["wallet", "history", "--wallet", wallet, "--node", other_api, "--json"])
+        assert listed.exit_code == 0, listed.output
+        assert [(e["txid"], e["state"], e["in_mempool"]) for e in json.loads(listed.stdout)
+                if e["height"] is None] == [(first.txid, "pending", False)]
+
+        sent = CliRunner().invoke(cli, [*send, "--node", other_api, "--json"])
+        assert sent.exit_code == 0, sent.output
+        assert f"re-pushed pending payment {first.txid}" in sent.stderr
+        second = load_wallet(wallet).payments[1]
+        assert json.loads(sent.stdout)["txid"] == second.txid
+        assert second.inputs == (OutPoint(first.tx.txid, 1),), "it spends the first payment's change, not its coin"
+        with NodeClient(other_api) as client:
+            assert {first.tx.txid, second.tx.txid} <= set(client.request("get_mempool")["txids"])
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+
+
+def test_a_refused_send_exits_1_with_the_reason_and_the_wallet_forgets_it(procs, tmp_path, monkeypatch):
+    from support.payments import dev_key, dev_outpoint, pay
+    from zcoin.client import NodeClient
+    from zcoin.consensus.params import LOCAL
+    from zcoin.wallet import encode_address, load_wallet
+
+    _, tracker = procs.start_tracker()
+    _, api = procs.start_miner("m1", [tracker], mine=False)
+    _wait_for_cluster([api])
+    wallet = _dev_wallet(tmp_path, 0)
+    rival = pay([(dev_outpoint(LOCAL, 0), dev_key(0))], [LOCAL.dev_account_amount - 1_000], LOCAL.dev_pubkey(2))
+    pushes = NodeClient.send
+
+    def spend_the_coin_first(client, msg_type, **fields):  # a copy of the key elsewhere spends the same coin
+        if msg_type == "push_tx":
+            with NodeClient(api) as elsewhere:
+                pushes(elsewhere, "push_tx", tx=rival.raw)
+                assert elsewhere.recv()["accepted"]
+        pushes(client, msg_type, **fields)
+
+    monkeypatch.setattr(NodeClient, "send", spend_the_coin_first)
+    refused = CliRunner().invoke(cli, ["send", "--node", api, "--wallet", wallet, "--amount", "5000",
+                                       "--to", encode_address(LOCAL.dev_pubkey(1), LOCAL)])
+    assert refused.exit_code == 1, refused.output
+    assert refused.stderr.startswith("Error: transaction rejected: ") and refused.stderr.count("\n") == 1
+    assert refused.stdout == "" and load_wallet(wallet).payments == ()
+
+
+def test_a_pending_payment_whose_coin_a_confirmed_transaction_spent_is_shown_and_marked_conflicted_by_it(
+        procs, tmp_path):
+    import time
+
+    from support.payments import dev_key, dev_outpoint, pay
+    from zcoin.client import NodeClient
+    from zcoin.consensus.params import REGTEST
+    from zcoin.wallet import Payment, build_payment, encode_address, load_wallet, rewrite_wallet
+
+    _, tracker = procs.start_tracker()
+    _, api = procs.start_miner("m1", [tracker], "--mining", "on-demand", network="regtest")
+    _wait_for_cluster([api])
+    path = tmp_path / "dev0.json"
+    assert CliRunner().invoke(cli, ["wallet", "new", "--wallet", str(path), "--network", "regtest",
+                                    "--dev", "0"]).exit_code == 0
+    premine = [(dev_outpoint(REGTEST, 0), REGTEST.dev_account_amount)]
+    unsent = build_payment(load_wallet(path), premine, REGTEST.dev_pubkey(1), 5_000)
+    rewrite_wallet(load_wallet(path).with_payment(Payment(unsent, int(time.time()), api, premine[0][1])), path)
+    rival = pay([(dev_outpoint(REGTEST, 0), dev_key(0))], [REGTEST.dev_account_amount - 1_000], REGTEST.dev_pubkey(2))
+    with NodeClient(api) as client:
+        assert client.request("push_tx", tx=rival.raw)["accepted"]
+    assert CliRunner().invoke(cli, ["generate", "1", "--node", api]).exit_code == 0
+
+    listed = CliRunner().invoke(cli, ["wallet", "history", "--wallet", str(path), "--node", api])
+    assert listed.exit_code == 0, listed.output
+    assert f"{unsent.txid_hex}  conflicted by {rival.txid_hex}" in listed.stdout
+    assert load_wallet(path).payments[0].conflict is None, "history changes nothing"
+    sent = CliRunner().invoke(cli, ["send", "--wallet", str(path), "--node", api, "--amount", "5000",
+                                    "--to", encode_address(REGTEST.dev_pubkey(1), REGTEST)])
+    assert sent.exit_code == 1 and sent.stderr.strip().splitlines()[-1].startswith("Error: insufficient funds")
+    assert f"payment {unsent.txid_hex} is conflicted by {rival.txid_hex}" in sent.stderr
+    assert load_wallet(path).payments[0].conflict == rival.txid_hex
+
+
+def test_every_refusal_that_means_not_now_has_its_own_line():
+    from zcoin.cli import UNSERVED_LINES
+    from zcoin.payments import UNSERVED
+
+    assert set(UNSERVED_LINES) == UNSERVED
+
+
+def test_a_node_with_no_peer_while_members_exist_is_one_clear_line_for_balance_and_send(procs, tmp_path):
+    from support.waiting import wait_until
+    from zcoin.client import NodeClient
+    from zcoin.consensus.params import LOCAL
+    from zcoin.wallet import encode_address, load_wallet
+
+    _, tracker = procs.start_tracker()
+    (_, lonely), (_, other) = [procs.start_miner(name, [tracker], mine=False) for name in ("lonely", "other")]
+    _wait_for_cluster([lonely, other])
+    for api, peer in ((lonely, "other"), (other, "lonely")):
+        with NodeClient(api) as client:
+            assert client.request("admin", action="disconnect", peer=peer).type == "ok"
+    with NodeClient(lonely) as client:
+        wait_until(lambda: client.request("status")["peers"] == 0, 15, "lonely to have no peer")
+    wallet = _dev_wallet(tmp_path, 0)
+    balance = run("wallet", "balance", "--wallet", wallet, "--node", lonely)
+    assert (balance.returncode, balance.stderr) == (1, "Error: the node has no peers (isolated)\n")
+    sent = run("send", "--wallet", wallet, "--node", lonely, "--to", encode_address(LOCAL.dev_pubkey(1), LOCAL),
+               "--amount", "5000")
+    assert (sent.returncode, sent.stderr, sent.stdout) == (1, "Error: the node has no peers (isolated)\n", "")
+    assert load_wallet(wallet).payments == ()
+
+
+def test_a_payment_a_block_conflicts_with_is_conflicted_by_its_rival_in_tx_history_and_the_wallet(procs, tmp_path):
+    from support.cluster import make_block, submit
+    from support.payments import dev_key, dev_outpoint, pay
+    from zcoin.client import NodeClient
+    from zcoin.consensus.params import REGTEST
+    from zcoin.wallet import encode_address, load_wallet
+
+    _, tracker = procs.start_tracker()
+    _, api = procs.start_miner("m1", [tracker], network="regtest", mine=False)
+    _wait_for_cluster([api])
+    path = str(tmp_path / "dev0.json")
+    assert CliRunner().invoke(cli, ["wallet", "new", "--wallet", path, "--network", "regtest",
+                                    "--dev", "0"]).exit_code == 0
+    send = ["send", "--wallet", path, "--node", api, "--amount", "5000",
+            "--to", encode_address(REGTEST.dev_pubkey(1), REGTEST)]
+    assert CliRunner().invoke(cli, send).exit_code == 0
+    (payment,) = load_wallet(path).payments
+    rival = pay([(dev_outpoint(REGTEST, 0), dev_key(0))], [REGTEST.dev_account_amount - 1_000], REGTEST.dev_pubkey(2))
+    with NodeClient(api) as client:
+        submit(client, make_block(client, REGTEST, [rival], fees=1_000))
+
+    shown = run("tx", payment.txid, "--node", api)
+    assert shown.returncode == 0, shown.stderr
+    assert f"conflicted by {rival.txid_hex}" in shown.stdout
+    listed = CliRunner().invoke(cli, ["wallet", "history", "--wallet", path, "--node", api, "--json"])
+    assert [(e["txid"], e["state"], e["conflict"]) for e in json.loads(listed.stdout)][-1] == (
+        payment.txid, "conflicted", rival.txid_hex)
+    again = CliRunner().invoke(cli, send)
+    assert again.exit_code == 1 and f"payment {payment.txid} is conflicted by {rival.txid_hex}" in again.stderr
+    assert load_wallet(path).payments[0].conflict == rival.txid_hex

@@ -18,7 +18,8 @@ from zcoin.consensus.params import REGTEST
 from zcoin.consensus.pow import block_work
 from zcoin.consensus.primitives import Block
 from zcoin.memnet import VirtualNetwork
-from zcoin.nodecore import PENALTY_MALFORMED, TOPIC_BLOCK
+from zcoin.peers import PENALTY_MALFORMED
+from zcoin.wire import TOPIC_BLOCK
 
 FAST = {"tip_interval_s": 0.5, "sync_grace_s": 0.5, "request_timeout_s": 1.0}
 

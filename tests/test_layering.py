@@ -34,9 +34,10 @@ PLACES = {
     "zcoin.storage": "state", "zcoin.chain": "state", "zcoin.mempool": "state", "zcoin.mining": "state",
     "zcoin.wallet": "state",
     "zcoin.peers": "core", "zcoin.download": "core", "zcoin.nodeapi": "core", "zcoin.nodecore": "core",
-    "zcoin.nodemining": "core",
+    "zcoin.nodemining": "core", "zcoin.relay": "core",
     "zcoin.tracker.registry": "core", "zcoin.tracker.link": "core",
     "zcoin.sockets": "driver", "zcoin.node": "driver", "zcoin.memnet": "driver", "zcoin.client": "driver",
+    "zcoin.payments": "driver",
     "zcoin.tracker.server": "driver", "zcoin.tracker.agent": "driver", "zcoin.tracker.lookup": "driver",
     "zcoin.cli": "entry", "zcoin.cli_dev": "entry", "zcoin.bench": "entry", "zcoin.log": "entry",
 }

@@ -26,7 +26,7 @@ from zcoin.consensus.builders import sign_transaction
 from zcoin.consensus.params import REGTEST, dev_secret_key
 from zcoin.consensus.primitives import Block, BlockHeader, OutPoint, TxOut
 from zcoin.node import is_loopback_endpoint
-from zcoin.nodecore import PENALTY_MALFORMED
+from zcoin.peers import PENALTY_MALFORMED
 
 
 @pytest.fixture

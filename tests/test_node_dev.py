@@ -75,6 +75,7 @@ def test_interval_miner_mines_about_one_block_a_slot_and_rests_between(cluster):
 
 def test_lookups_follow_a_payment_from_the_mempool_into_a_block(cluster):
     miner(cluster, "a")
+    cluster.wait_connected()
     client = cluster.clients["a"]
     tx = premine_spend(2, to=3, fee=1500)
     assert client.request("push_tx", tx=tx.raw)["accepted"]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import queue
+import os
 import random
 import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from support.chain import (
     write_crashed_store,
 )
 from support.payments import dev_outpoint, premine_spend, spend_output
+from support.waiting import wait_until
 from zcoin.chain import Chain
 from zcoin.consensus.params import LOCAL
 from zcoin.consensus.pow import block_work
@@ -264,75 +264,96 @@ def test_restart_finishes_a_reorg_cut_short_by_a_crash(tmp_path):
 # --- kill -9 --------------------------------------------------------------------------
 
 
+class _ForkServer:
+    """``crash_writer.py --fork-server``: crash writers started by fork, one command and one answer a line."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(CRASH_WRITER), "--fork-server"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def ask(self, command: str) -> str:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        assert answer, f"the fork server ended ({self.proc.wait()}) on {command!r}"
+        return answer
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        finally:
+            self.proc.kill()
+            self.proc.stdout.close()
+
+
 class _Child:
-    """The crash writer as a process, its output lines collected by a thread (so waits have deadlines)."""
+    """One crash writer, forked by the server, its output lines in a file (so waits have deadlines)."""
 
-    def __init__(self, path: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(CRASH_WRITER), str(path)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
+    def __init__(self, server: _ForkServer, path: Path, output: Path) -> None:
+        self.server = server
+        self.output = output
+        self.pid = int(server.ask(f"start {path} {output}").split()[1])
+        self.read = 0  # output lines already handed out
+        self.returncode: int | None = None
 
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)  # end of output
+    def _lines(self) -> list[str]:
+        text = self.output.read_text() if self.output.exists() else ""
+        if "Traceback" in text:
+            raise AssertionError(f"the child failed:\n{text}")
+        return text.splitlines(keepends=True)[:text.count("\n")]  # whole lines only
 
     def wait_for_line(self, prefix: str, deadline_s: float) -> str:
-        """The first output line starting with ``prefix``; fail at the deadline or if the child ends first."""
-        deadline = time.monotonic() + deadline_s
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                line = self.lines.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if line is None:
-                raise AssertionError(f"child exited {self.proc.wait()}: {self.proc.stderr.read()}")
-            if line.startswith(prefix):
-                return line
-        raise AssertionError(f"child did not print {prefix!r} within {deadline_s} s")
+        """The first output line starting with ``prefix``; fail at the deadline or if the child fails first."""
+        def printed() -> str | None:
+            lines = self._lines()
+            found = next((i for i in range(self.read, len(lines)) if lines[i].startswith(prefix)), None)
+            if found is None:
+                return None
+            self.read = found + 1
+            return lines[found]
+
+        # Polled every millisecond: the kill's random moment is measured from this line.
+        return wait_until(printed, deadline_s, f"the child to print {prefix!r}", interval=0.001)
 
     def kill(self) -> list[str]:
         """SIGKILL the child; return the output lines not read yet."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self.reader.join(timeout=10)
-        self.proc.stdout.close()
-        self.proc.stderr.close()
-        rest = []
-        while (line := self.lines.get_nowait()) is not None:
-            rest.append(line)
-        return rest
+        os.kill(self.pid, signal.SIGKILL)
+        self.returncode = int(self.server.ask(f"reap {self.pid}").split()[1])
+        return self._lines()[self.read:]
 
 
 def test_store_survives_sigkill_at_random_moments(tmp_path):
     path = tmp_path / "chain.sqlite"
     rng = random.Random(20251125)
     heights = [0]
-    for kill in range(1, CRASH_KILLS + 1):
-        child = _Child(path)
-        try:
-            started = int(child.wait_for_line("started ", CHILD_START_DEADLINE_S).split()[1])
-            time.sleep(rng.uniform(0.0, 0.15))  # the random moment of the kill is the point of the test
-        finally:
-            rest = child.kill()
-        assert child.proc.returncode == -signal.SIGKILL
-        assert started >= heights[-1]
-        acknowledged = max((int(line.split()[1]) for line in rest if line.startswith("connected ")),
-                           default=started)
+    server = _ForkServer()
+    try:
+        for kill in range(1, CRASH_KILLS + 1):
+            child = _Child(server, path, tmp_path / f"writer{kill}.out")
+            try:
+                started = int(child.wait_for_line("started ", CHILD_START_DEADLINE_S).split()[1])
+                time.sleep(rng.uniform(0.0, 0.15))  # the random moment of the kill is the point of the test
+            finally:
+                rest = child.kill()
+            assert child.returncode == -signal.SIGKILL
+            assert started >= heights[-1]
+            acknowledged = max((int(line.split()[1]) for line in rest if line.startswith("connected ")),
+                               default=started)
 
-        store = ChainStore(path, PARAMS)
-        hashes, utxo = replay_active_chain(store)
-        height = len(hashes) - 1
-        assert store.tip_hash() == hashes[-1]
-        assert store.utxo_snapshot() == utxo.coins, f"UTXO set differs from the replay after kill {kill}"
-        assert height >= acknowledged, "an acknowledged block was lost"
-        assert height >= heights[-1], "the tip went backwards across a kill"
-        chain = Chain(store, PARAMS)  # the chain manager loads it (and may connect a stored block)
-        assert chain.height >= height
-        heights.append(chain.height)
-        store.close()
+            store = ChainStore(path, PARAMS)
+            hashes, utxo = replay_active_chain(store)
+            height = len(hashes) - 1
+            assert store.tip_hash() == hashes[-1]
+            assert store.utxo_snapshot() == utxo.coins, f"UTXO set differs from the replay after kill {kill}"
+            assert height >= acknowledged, "an acknowledged block was lost"
+            assert height >= heights[-1], "the tip went backwards across a kill"
+            chain = Chain(store, PARAMS)  # the chain manager loads it (and may connect a stored block)
+            assert chain.height >= height
+            heights.append(chain.height)
+            store.close()
+    finally:
+        server.close()
 
     assert heights[-1] > heights[1], f"the child made no progress across {CRASH_KILLS} kills: {heights}"
     store = ChainStore(path, PARAMS)

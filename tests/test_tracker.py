@@ -405,7 +405,7 @@ def test_lost_replies_are_retried_and_the_node_joins_exactly_once(ctx, start_tra
 
 def test_agent_without_tracker_times_out_keeps_retrying_and_joins_later(start_tracker, start_agent, client):
     endpoint = f"tcp://127.0.0.1:{reserve_port()}"
-    agent = start_agent([endpoint], "frank", join_deadline_s=2.0)
+    agent = start_agent([endpoint], "frank", join_deadline_s=0.5, backoff_initial_s=0.2)
     assert agent.state == "joining"
     wait_until(lambda: agent.state == "timeout", 10, "the timeout state")
     assert agent.members() == {}

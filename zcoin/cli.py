@@ -1,7 +1,8 @@
 """The ``zcoin`` command line: daemons (tracker, miner) and client commands.
 
-Exit status: 0 on success, 1 when the action failed, 2 on bad usage.  Expected
-errors are one line on stderr (``click.ClickException``), never a traceback.
+Exit status: 0 on success, 1 when the action failed, 2 on bad usage (and 3 when
+``zcoin send`` got no answer to its push: outcome unknown).  Expected errors are
+one line on stderr (``click.ClickException``), never a traceback.
 """
 
 from __future__ import annotations
@@ -230,6 +231,16 @@ def _client(endpoint: str, timeout_s: float):
         raise click.BadParameter(str(exc), param_hint="--node") from None
 
 
+# A node that serves no wallet now says why in one of these reasons; the user is told what to do.
+UNSERVED_LINES = {"syncing": "the node is still syncing; try again or use another node",
+                  "isolated": "the node has no peers (isolated)"}
+
+
+def _refused_line(reason: str, detail: str = "") -> str:
+    """The one line for a node's ``error`` reply."""
+    return UNSERVED_LINES.get(reason) or f"node refused the request: {reason}" + (f": {detail}" if detail else "")
+
+
 def _ask(endpoint: str, timeout_s: float, msg_type: str, **fields):
     from zcoin.client import NodeError, NodeUnavailable
 
@@ -239,7 +250,7 @@ def _ask(endpoint: str, timeout_s: float, msg_type: str, **fields):
         except NodeUnavailable as exc:
             _fail(f"node unreachable: {exc}")
         except NodeError as exc:
-            _fail(f"node refused the request: {exc}")
+            _fail(_refused_line(exc.reason, exc.detail))
 
 
 NODE_OPTION = click.option("--node", "node", metavar="ENDPOINT", default="tcp://127.0.0.1:9101", show_default=True,
@@ -383,6 +394,15 @@ def wallet_balance_command(wallet_path: str, node: str, as_json: bool, timeout_s
                    f"spendable  {confirmed + pending}  ({result['coins']} coins at height {reply['height']})")
 
 
+EXIT_OUTCOME_UNKNOWN = 3  # `zcoin send`: the node did not answer the push
+
+
+class OutcomeUnknown(click.ClickException):
+    """A push with no answer: one line on stderr, exit status 3."""
+
+    exit_code = EXIT_OUTCOME_UNKNOWN
+
+
 @cli.command("send")
 @NODE_OPTION
 @WALLET_OPTION
@@ -396,34 +416,69 @@ def wallet_balance_command(wallet_path: str, node: str, as_json: bool, timeout_s
 def send_command(node, wallet_path, to_address, amount, fee, fee_rate, as_json, timeout_s) -> None:
     """Pay AMOUNT base units to an address: select coins, add change, sign, push to the node.
 
+    The wallet file remembers its payments until they have 6 confirmations.
+    Before a new one it asks the node about them: confirmed deeply enough ->
+    forgotten; conflicted (a confirmed transaction spent the same coins) ->
+    marked so, coins released; unknown to the node -> pushed again, oldest
+    first.  Coins a pending payment spends are never spent again (its change
+    may be).  The new payment is written to the wallet file before the push.
+
+    \b
+    Exit status, and what it means for the payment:
+      0  acknowledged: the node took it (txid printed); pending until confirmed
+      1  refused: the node said no (reason on stderr) and the wallet forgets it;
+         or no payment was made (insufficient funds, node unreachable before the push)
+      2  bad usage: a malformed option or endpoint
+      3  unknown: no answer to the push (txid printed); the payment stays pending
+         and the next send re-pushes it, never rebuilding it from the same coins
+    A payment is conflicted when a confirmed transaction spent its coins: it can
+    never confirm (`zcoin wallet history`, `zcoin tx` show it).
+
     \b
     Example:
       zcoin send --node tcp://127.0.0.1:9101 --wallet alice.json --to zcl1... --amount 5000
     """
     import json
+    import time
 
-    from zcoin.consensus.primitives import OutPoint
-    from zcoin.wallet import WalletError, build_payment, decode_address
+    from zcoin.client import NodeError, NodeUnavailable
+    from zcoin.payments import PushOutcome, pay, settle_payments
+    from zcoin.wallet import WalletError, decode_address, locked_wallet
 
-    wallet, params = _load_wallet(wallet_path)
+    _load_wallet(wallet_path)  # a missing or broken file is reported before a lock file is made beside it
     try:
-        to_pubkey = decode_address(to_address, params)
+        with locked_wallet(wallet_path), _client(node, timeout_s) as client:
+            wallet, params = _load_wallet(wallet_path)
+            to_pubkey = decode_address(to_address, params)
+            try:
+                status = client.request("status")
+                if status["network"] != params.name:
+                    _fail(f"the node is on network {status['network']!r}, the wallet on {params.name!r}")
+                wallet, settlements = settle_payments(client, wallet, wallet_path)
+                for note in filter(None, (s.note for s in settlements)):
+                    click.echo(note, err=True)
+                result = pay(client, wallet, wallet_path, to_pubkey, amount, fee=fee, fee_per_byte=fee_rate,
+                             node=node, now=int(time.time()))
+            except NodeUnavailable as exc:  # before the push: no payment was made
+                _fail(f"node unreachable: {exc}")
+            except NodeError as exc:
+                _fail(_refused_line(exc.reason, exc.detail))
     except WalletError as exc:
         _fail(str(exc))
-    reply = _wallet_coins(wallet, node, timeout_s, params)
-    coins = [(OutPoint(c["txid"], c["index"]), c["amount"]) for c in reply["coins"]]
-    try:
-        tx = build_payment(wallet, coins, to_pubkey, amount, fee=fee, fee_per_byte=fee_rate)
-    except WalletError as exc:
-        _fail(str(exc))
-    result = _ask(node, timeout_s, "push_tx", tx=tx.raw)
-    if not result["accepted"]:
-        _fail(f"transaction rejected: {result.get('reason', 'no reason given')}")
+    if result.outcome is PushOutcome.REFUSED:
+        _fail(UNSERVED_LINES.get(result.code) or
+              f"transaction rejected: {result.reason or result.code or 'no reason given'}")
+    txid = result.payment.txid
     if as_json:
-        click.echo(json.dumps({"txid": result["txid"], "amount": amount, "to": to_address,
-                               "fee": _fee_of(tx, coins), "size": tx.size}))
+        click.echo(json.dumps({"txid": txid, "amount": amount, "to": to_address, "fee": result.fee,
+                               "size": result.payment.tx.size, "outcome": result.outcome.value}))
+    elif result.outcome is PushOutcome.ACKNOWLEDGED:
+        click.echo(f"sent {amount} to {to_address}; txid {txid}")
     else:
-        click.echo(f"sent {amount} to {to_address}; txid {result['txid']}")
+        click.echo(f"pushed {amount} to {to_address}; txid {txid}; outcome unknown")
+    if result.outcome is PushOutcome.UNKNOWN:
+        raise OutcomeUnknown(f"no answer from {node} within {timeout_s:g}s; outcome unknown: the payment stays "
+                             "pending and will be re-pushed, never rebuilt from the same coins")
 
 
 def _fee_of(tx, coins) -> int:

@@ -27,16 +27,19 @@ from zcoin.cli import (
     TIMEOUT_OPTION,
     WALLET_OPTION,
     _ask,
+    _client,
     _fail,
     _fee_of,
     _load_wallet,
     _params,
+    _refused_line,
     cli,
     wallet_group,
 )
-from zcoin.client import DEFAULT_TIMEOUT_S
+from zcoin.client import DEFAULT_TIMEOUT_S, NodeError, NodeUnavailable
 from zcoin.consensus.errors import DecodeError
 from zcoin.consensus.primitives import UINT32_MAX, Block, OutPoint, Transaction
+from zcoin.payments import PaymentView, TxState, check_payments
 from zcoin.wallet import InsufficientFunds, WalletError, build_payment, decode_address, encode_address, new_wallet
 
 MAX_GENERATE_BLOCKS = 10_000
@@ -254,10 +257,12 @@ def _or_unknown(value) -> str:
 
 
 def tx_as_json(txid: str, reply, params) -> dict:
-    """The ``zcoin tx --json`` document for a ``tx_status`` reply (state "mempool" or "confirmed")."""
+    """The ``zcoin tx --json`` document for a ``tx_status`` reply (state "mempool", "confirmed" or "conflicted")."""
     doc = {"txid": txid, "state": reply["state"], "height": reply.get("height"),
            "block": _display(reply["block"]) if reply.get("block") else None,
            "confirmations": reply.get("confirmations") if reply["state"] == "confirmed" else 0}
+    if reply["state"] == "conflicted":
+        doc["conflict"] = reply.get("conflict")
     if reply.get("tx") is None:
         return doc
     try:
@@ -287,6 +292,8 @@ def _state_line(doc: dict) -> str:
     if doc["state"] == "confirmed":
         depth = "" if doc["confirmations"] is None else f" with {_confirmations(doc['confirmations'])}"
         return f"confirmed at height {doc['height']}{depth}" + (f" (block {doc['block']})" if doc["block"] else "")
+    if doc["state"] == "conflicted":
+        return f"conflicted by {doc.get('conflict') or 'a confirmed transaction'}: it can never confirm"
     return doc["state"]
 
 
@@ -298,9 +305,11 @@ def _state_line(doc: dict) -> str:
 def tx_command(txid: str, node: str, as_json: bool, timeout_s: float) -> None:
     """Show a transaction: state, inputs and outputs with amounts and addresses, fee and fee rate.
 
-    The state is "in mempool", "confirmed at height H with K confirmations" or
-    unknown (exit status 1; with --json the state is printed first).  A
-    coinbase lists no inputs and no fee.
+    The state is "in mempool", "confirmed at height H with K confirmations",
+    "conflicted by TXID" (the node dropped it: the confirmed transaction TXID
+    spent the same coins, so it can never confirm) or unknown (exit status 1;
+    with --json the state is printed first).  A coinbase lists no inputs and
+    no fee.
 
     \b
     Example:
@@ -365,17 +374,25 @@ def mempool_command(node: str, as_json: bool, with_txids: bool, timeout_s: float
 # --- wallet history -------------------------------------------------------------------------
 
 
+HISTORY_ORDER = {"confirmed": 0, "pending": 1, "conflicted": 2}
+
+
 @wallet_group.command("history")
 @WALLET_OPTION
 @NODE_OPTION
 @JSON_OPTION
 @TIMEOUT_OPTION
 def wallet_history_command(wallet_path: str, node: str, as_json: bool, timeout_s: float) -> None:
-    """List every transaction that paid or spent the wallet's address, newest last, with its net amount.
+    """List every transaction that paid or spent the wallet's address, newest last, with its net amount and state.
 
     Net is what the transaction paid the address minus the wallet's coins it
     spent (a payment out shows minus the amount, the fee and less the change).
-    Pending transactions (in the node's mempool) come last.
+    The node's history is merged with the payments the wallet file remembers:
+    confirmed ones first (height, confirmations), then pending ones (in the
+    node's mempool, or not known to this node: the next `zcoin send` re-pushes
+    them), then conflicted ones ("conflicted by TXID": a confirmed transaction
+    spent the same coins, so they never happen; their net is what they would
+    have been, never part of the balance).
 
     \b
     Example:
@@ -389,15 +406,54 @@ def wallet_history_command(wallet_path: str, node: str, as_json: bool, timeout_s
     items = sorted(reply["items"], key=lambda item: (item["height"] == -1, item["height"]))
     history = [{"txid": _display(item["txid"]), "height": None if item["height"] == -1 else item["height"],
                 "confirmations": 0 if item["height"] == -1 else reply["height"] - item["height"] + 1,
-                "received": item["received"], "spent": item["spent"], "net": item["received"] - item["spent"]}
+                "received": item["received"], "spent": item["spent"], "net": item["received"] - item["spent"],
+                "state": "pending" if item["height"] == -1 else "confirmed", "in_mempool": item["height"] == -1,
+                "conflict": None}
                for item in items]
+    known = {entry["txid"] for entry in history}
+    history += [_payment_entry(view, wallet.pubkey) for view in _payment_views(node, timeout_s, wallet)
+                if view.payment.txid not in known]
+    history.sort(key=lambda entry: (HISTORY_ORDER[entry["state"]], entry["height"] or 0))  # stable: pool order stays
     if as_json:
         click.echo(json.dumps(history))
         return
     if not history:
         click.echo(f"no transactions for {wallet.address(params)}")
         return
-    click.echo(f"{'HEIGHT':<10}{'NET':>16}  TXID")
+    click.echo(f"{'HEIGHT':<10}{'NET':>16}  {'TXID':<64}  STATE")
     for entry in history:
-        click.echo(f"{'pending' if entry['height'] is None else entry['height']:<10}{entry['net']:>+16}  "
-                   f"{entry['txid']}")
+        click.echo(f"{entry['state'] if entry['height'] is None else entry['height']:<10}{entry['net']:>+16}  "
+                   f"{entry['txid']}  {_history_state(entry)}")
+
+
+def _payment_views(node: str, timeout_s: float, wallet) -> list[PaymentView]:
+    """What the node says of the payments the wallet file remembers."""
+    if not wallet.payments:
+        return []
+    with _client(node, timeout_s) as client:
+        try:
+            return check_payments(client, wallet)
+        except NodeUnavailable as exc:
+            _fail(f"node unreachable: {exc}")
+        except NodeError as exc:
+            _fail(_refused_line(exc.reason, exc.detail))
+
+
+def _payment_entry(view: PaymentView, pubkey: bytes) -> dict:
+    """A history entry for a remembered payment the node's history does not list."""
+    payment = view.payment
+    received = sum(o.amount for o in payment.tx.outputs if o.pubkey == pubkey)
+    confirmed = view.state is TxState.CONFIRMED
+    state = "confirmed" if confirmed else "conflicted" if view.state is TxState.CONFLICTED else "pending"
+    return {"txid": payment.txid, "height": view.height if confirmed else None,
+            "confirmations": view.confirmations if confirmed else 0, "received": received, "spent": payment.spent,
+            "net": received - payment.spent, "state": state, "in_mempool": view.state is TxState.MEMPOOL,
+            "conflict": view.conflict if state == "conflicted" else None}
+
+
+def _history_state(entry: dict) -> str:
+    if entry["state"] == "confirmed":
+        return _confirmations(entry["confirmations"])
+    if entry["state"] == "conflicted":
+        return f"conflicted by {entry['conflict']}"
+    return "in mempool" if entry["in_mempool"] else "not known to this node (the next send re-pushes it)"

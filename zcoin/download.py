@@ -88,6 +88,7 @@ class BlockDownload:
         # transport drop whatever is still queued for it.  Only what it failed to answer in
         # time is held against it.
         late = peer.requests.late(now, self.config.request_timeout_s)
+        self.core.counters.request_stalls += 1
         blocks = [h for r in late if r.type == "get_blocks" for h in r.asked]
         headers = any(r.type == "get_headers" for r in late)
         if headers and peer.tip_hash not in self.chain.index:
@@ -209,6 +210,7 @@ class BlockDownload:
         peer.height, peer.tip_hash = msg["height"], msg["hash"]
         peer.work = int.from_bytes(msg["work"], "big")
         peer.answered = True
+        self.core.relay.on_tip_numbers(peer, msg.get("epoch"), msg.get("seq"))
         entry = self.chain.index.get(peer.tip_hash)
         if entry is not None:
             self.peer_has(peer, entry)

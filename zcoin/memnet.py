@@ -113,7 +113,8 @@ class MemoryNode:
         self.config = config
         self.name = config.name
         self.transport = _MemoryTransport(network, config.name)
-        self.core = NodeCore(config, self.transport, network.clock, membership=network.membership_of(config.name))
+        self.core = NodeCore(config, self.transport, network.clock, membership=network.membership_of(config.name),
+                             epoch=network.random.getrandbits(62))
         self.core.endpoints = {"api": f"mem://{self.name}/api", "gossip": f"mem://{self.name}/gossip"}
         self.core.open()
 
@@ -234,11 +235,24 @@ class VirtualNetwork:
             if isinstance(other, MemoryNode):
                 other.core.on_members()
 
-    def restart(self, name: str) -> NodeCore:
-        """Stop a node and start it again on the same store, as after a clean restart."""
-        config = self.members[name].config
-        self.remove(name)
-        return self.add_node(config)
+    def restart(self, name: str, *, unnoticed: bool = False) -> NodeCore:
+        """Stop a node and start it again on the same store.
+
+        ``unnoticed``: its peers never see it leave (as when a killed miner is back before its
+        tracker lease runs out): they keep it as a peer and only its new epoch tells them.
+        """
+        if not unnoticed:
+            config = self.members[name].config
+            self.remove(name)
+            return self.add_node(config)
+        old = self.members[name]
+        old.close()
+        for publisher, subscribers in self._subscriptions.items():
+            subscribers.discard(name)  # its own subscriptions die with it; those to it live on
+        node = MemoryNode(self, old.config)
+        self.members[name] = node
+        node.core.on_members()
+        return node.core
 
     def core(self, name: str) -> NodeCore:
         return self.members[name].core

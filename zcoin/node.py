@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -30,10 +31,11 @@ import zmq
 from loguru import logger
 
 from zcoin.config import NodeConfig
-from zcoin.nodecore import TOPIC_BLOCK, TOPIC_TX, NodeCore
+from zcoin.nodecore import NodeCore
 from zcoin.sockets import Envelope, EnvelopeError, drain, last_endpoint, open_socket
 from zcoin.tracker.agent import MembershipAgent
 from zcoin.tracker.protocol import MemberInfo
+from zcoin.wire import TOPIC_BLOCK, TOPIC_TX
 
 POLL_S = 0.1  # the longest a turn waits for input before timers run
 PUB_LINGER_MS = 500  # announcements still queued at shutdown get this long to leave
@@ -157,7 +159,7 @@ class Node:
         api.setsockopt(zmq.ROUTER_MANDATORY, 0)
         pub = open_socket(self.context, zmq.PUB, linger_ms=PUB_LINGER_MS, max_bytes=0)
         self.transport = ZmqTransport(self.context, self.poller, api, pub)
-        self.core = NodeCore(self.config, self.transport, SystemClock())
+        self.core = NodeCore(self.config, self.transport, SystemClock(), epoch=secrets.randbits(62))
         self.core.open()
         try:
             api.bind(self.config.api)

@@ -64,6 +64,7 @@ class NodeApi:
         core = self.core
         tip = core.chain.tip
         rates = core.miner.hashrates() if core.miner is not None else {"total": 0.0, "workers": []}
+        counters = core.counters
         return {
             "node": core.name, "network": core.params.name, "height": tip.height, "tip": tip.hash_hex,
             "work": hex(tip.chain_work), "peers": len(core.peers), "mempool": len(core.mempool),
@@ -73,15 +74,29 @@ class NodeApi:
             "api": core.endpoints.get("api", ""), "gossip": core.endpoints.get("gossip", ""),
             "peer_list": [{"node": p.name, "height": p.height, "score": core.score(p), "banned": core.banned(p)}
                           for p in core.peers.values()],
+            "mempool_bytes": core.mempool.bytes,
+            "counters": {"txs_accepted": counters.txs_accepted, "blocks_connected": counters.blocks_connected,
+                         "reorgs": counters.reorgs, "bans": core.misbehaviour.bans,
+                         "gossip_gaps": counters.gossip_gaps, "request_stalls": counters.request_stalls},
+            "rejected": [{"reason": code, "count": n} for code, n in sorted(counters.rejected.items())][:64],
         }
 
+    def _stand_behind(self) -> None:
+        """Refuse to answer for coins from a view the node cannot stand behind (not synced, isolated)."""
+        problem = self.core.standing()
+        if problem == "syncing":
+            raise Refused("syncing", f"{self.core.name} is not synced with its peers yet")
+        if problem == "isolated":
+            raise Refused("isolated", f"{self.core.name} has no peer answering while the cluster has members")
+
     def on_push_tx(self, msg: wire.Message) -> bytes:
+        self._stand_behind()
         try:
             tx = Transaction.parse(msg["tx"])
         except E.DecodeError as exc:
             return wire.encode("tx_result", accepted=False, txid="", reason=str(exc)[:512], code=exc.code)
         try:
-            self.core.accept_tx(tx)
+            self.core.relay.accept_tx(tx)
         except (E.ValidationError, MempoolReject) as exc:
             self.core.log.info("tx rejected", txid=tx.txid_hex, reason=exc.reason)
             return wire.encode("tx_result", accepted=False, txid=tx.txid_hex, reason=exc.reason[:512], code=exc.code)
@@ -105,7 +120,7 @@ class NodeApi:
     def on_get_tip(self, msg: wire.Message) -> bytes:
         tip = self.core.chain.tip
         return wire.encode("tip", node=self.core.name, height=tip.height, hash=tip.hash,
-                           work=tip.chain_work.to_bytes(32, "big"))
+                           work=tip.chain_work.to_bytes(32, "big"), epoch=self.core.epoch, seq=self.core.seq)
 
     def on_get_headers(self, msg: wire.Message) -> bytes:
         headers = self.core.chain.headers_after(msg["locator"], wire.MAX_HEADERS_PER_REPLY)
@@ -147,7 +162,8 @@ class NodeApi:
                            fees=fees)
 
     def on_get_mempool(self, msg: wire.Message) -> bytes:
-        return wire.encode("mempool", txids=[tx.txid for tx in self.core.mempool.txs()[:wire.MAX_MEMPOOL_IDS]])
+        return wire.encode("mempool", txids=[tx.txid for tx in self.core.mempool.txs()[:wire.MAX_MEMPOOL_IDS]],
+                           epoch=self.core.epoch, seq=self.core.seq)
 
     def on_get_txs(self, msg: wire.Message) -> bytes:
         txs, size = [], 0
@@ -162,6 +178,7 @@ class NodeApi:
         return wire.encode("txs", txs=txs)
 
     def on_get_utxos(self, msg: wire.Message) -> bytes:
+        self._stand_behind()
         core = self.core
         pubkey = msg["pubkey"]
         height = core.chain.height
@@ -185,6 +202,9 @@ class NodeApi:
         height = core.store.tx_height(txid)
         block_hash = core.store.hash_at(height) if height is not None else None
         if block_hash is None:
+            conflict = core.relay.conflict_of(txid)
+            if conflict is not None:
+                return wire.encode("tx_status", state="conflicted", conflict=conflict[::-1].hex())
             return wire.encode("tx_status", state="unknown")
         confirmed = {"height": height, "block": block_hash, "confirmations": core.chain.height - height + 1}
         if not verbose:

@@ -24,34 +24,31 @@ misbehaviour book; past its ban score it is ignored for a while.
 
 from __future__ import annotations
 
-import enum
+import collections
 import sqlite3
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from loguru import logger
 
 from zcoin import wire
+from zcoin.wire import GOSSIP_TYPES, TOPIC_BLOCK, TOPIC_TX
 from zcoin.chain import Chain
 from zcoin.config import NodeConfig
 from zcoin.consensus import errors as E
 from zcoin.consensus.crypto import sha256d
 from zcoin.consensus.primitives import Block, Transaction
 from zcoin.download import BlockDownload
-from zcoin.mempool import Mempool, MempoolReject, TxAlreadyKnown, TxConflict
+from zcoin.mempool import Mempool, MempoolReject
 from zcoin.misbehaviour import Misbehaviour
 from zcoin.nodeapi import API_REQUESTS, Deferred, NodeApi, Refused
 from zcoin.nodemining import MiningControl
-from zcoin.peers import REPLY_TYPES, Match, Peer, Request
+from zcoin.peers import PENALTY_INVALID_BLOCK, PENALTY_MALFORMED, REPLY_TYPES, Match, Peer, Request
+from zcoin.relay import TxRelay
 from zcoin.storage import ChainStore
 from zcoin.tracker.protocol import MemberInfo
 
-TOPIC_TX = b"tx"
-TOPIC_BLOCK = b"block"
-GOSSIP_TYPES = {TOPIC_TX: "gossip_tx", TOPIC_BLOCK: "gossip_block"}
-PENALTY_MALFORMED = 20
-PENALTY_INVALID_TX = 10
-PENALTY_INVALID_BLOCK = 100
 
 
 class Transport(Protocol):
@@ -76,14 +73,17 @@ class Membership(Protocol):
     def members(self) -> dict[str, MemberInfo]: ...
 
 
-class TxOutcome(enum.Enum):
-    """What became of a transaction a peer sent."""
+@dataclass(slots=True)
+class Counters:
+    """What the node counts since it started (its status reply carries them; the explorer's
+    /metrics exports them)."""
 
-    ACCEPTED = "accepted"
-    KNOWN = "known"  # already held, or a conflict with one held (first seen wins)
-    POLICY = "policy"  # refused by mempool policy, not by the rules
-    MISSING = "missing"  # its parent has not arrived (or a coin is immature): a race, not misbehaviour
-    INVALID = "invalid"  # broke a rule: held against the sender
+    txs_accepted: int = 0
+    rejected: collections.Counter = field(default_factory=collections.Counter)  # rejection code -> count
+    blocks_connected: int = 0
+    reorgs: int = 0
+    gossip_gaps: int = 0  # gaps in a peer's numbers, and messages found lost a tip round later
+    request_stalls: int = 0  # peers that did not answer a request in time
 
 
 def handler_table(types, *owners) -> dict[str, Callable]:
@@ -101,7 +101,8 @@ class NodeCore:
     """A miner node's logic (see the module docstring)."""
 
     def __init__(self, config: NodeConfig, transport: Transport, clock: Clock, *,
-                 membership: Membership | None = None, miner: Any = None, admin_allowed: bool = True) -> None:
+                 membership: Membership | None = None, miner: Any = None, admin_allowed: bool = True,
+                 epoch: int = 0) -> None:
         self.config = config
         self.params = config.params
         self.name = config.name
@@ -117,20 +118,34 @@ class NodeCore:
         self.peers: dict[str, Peer] = {}
         self.blocked: set[str] = set()  # peers disconnected by an admin request
         self.misbehaviour = Misbehaviour()  # peers by name, api clients by identity
+        self.counters = Counters()
         self.download = BlockDownload(self)
+        self.relay = TxRelay(self)
         self.api = NodeApi(self)
         self.endpoints: dict[str, str] = {}  # "api" and "gossip", as the driver bound them
+        self.epoch = epoch  # drawn by the driver at each start: peers see a restart as a new epoch
         self.seq = 0
         self.mining = MiningControl(self)
-        self._unsaved: list[tuple[bytes, bytes]] = []  # accepted transactions not yet on disk
+        self.unsaved: list[tuple[bytes, bytes]] = []  # accepted transactions not yet on disk
         self._outbox: list[tuple[Any, bytes]] = []  # api replies, sent once what they acknowledge is on disk
         self._api_table = handler_table(API_REQUESTS, self.api)
-        self._reply_table = handler_table(REPLY_TYPES.values(), self, self.download)
-        self._gossip_table = handler_table(GOSSIP_TYPES.values(), self)
+        self._reply_table = handler_table(REPLY_TYPES.values(), self, self.download, self.relay)
+        self._gossip_table = handler_table(GOSSIP_TYPES.values(), self, self.relay)
 
     @property
     def synced(self) -> bool:
         return self.download.synced
+
+    def standing(self) -> str | None:
+        """Why this node cannot stand behind an answer about coins now: ``syncing`` (not synced:
+        before its first sync, or catching up on a peer with more work) or ``isolated`` (members
+        exist, even ones we were told to disconnect from, and no peer answers); None when it can."""
+        if not self.synced:
+            return "syncing"
+        members = set(self.membership.members()) - {self.name} if self.membership is not None else ()
+        if members and not any(p.answered and not self.banned(p) for p in self.peers.values()):
+            return "isolated"
+        return None
 
     # --- life cycle ----------------------------------------------------------------------
 
@@ -152,9 +167,9 @@ class NodeCore:
 
     def flush(self) -> None:
         """Write accepted transactions to disk, then send the replies that acknowledge them."""
-        if self._unsaved:
-            self.store.save_mempool_txs(self._unsaved)
-            self._unsaved.clear()
+        if self.unsaved:
+            self.store.save_mempool_txs(self.unsaved)
+            self.unsaved.clear()
         outbox, self._outbox = self._outbox, []
         for route, payload in outbox:
             self.transport.reply(route, payload)
@@ -269,20 +284,6 @@ class NodeCore:
             self.accept_block(block, peer, relay=False)
         return delivered
 
-    def on_mempool(self, peer: Peer, msg: wire.Message, request: Request) -> None:
-        missing = [txid for txid in msg["txids"] if txid not in self.mempool]
-        for i in range(0, len(missing), wire.MAX_TXS_PER_REQUEST):
-            self.request(peer, "get_txs", txids=missing[i:i + wire.MAX_TXS_PER_REQUEST])
-
-    def on_txs(self, peer: Peer, msg: wire.Message, request: Request) -> None:
-        # Pool transactions may depend on each other: retry those whose parent came later in the batch.
-        pending = list(msg["txs"])
-        for _ in range(3):
-            retry = [raw for raw in pending if self._accept_tx_from_peer(raw, peer, relay=False) is TxOutcome.MISSING]
-            if not retry or len(retry) == len(pending):
-                break
-            pending = retry
-
     def on_gossip(self, name: str, topic: bytes, payload: bytes) -> None:
         """A message on peer ``name``'s gossip, under ``topic``."""
         peer = self.peers.get(name)
@@ -296,12 +297,7 @@ class NodeCore:
         if msg.type != GOSSIP_TYPES.get(topic):
             self.penalise(peer, PENALTY_MALFORMED, f"{msg.type} on topic {topic[:16]!r}")
             return
-        seq = msg["seq"]
-        if peer.last_seq is not None and seq > peer.last_seq + 1:
-            self.log.info("gossip gap", peer=name, missed=seq - peer.last_seq - 1)
-            if not peer.requests.awaiting("get_tip"):
-                self.request(peer, "get_tip")
-        peer.last_seq = seq
+        self.relay.on_gossip_numbers(peer, msg.get("epoch", 0), msg["seq"])
         self._gossip_table[msg.type](peer, msg)
 
     def on_bad_gossip(self, name: str, why: str) -> None:
@@ -309,11 +305,6 @@ class NodeCore:
         peer = self.peers.get(name)
         if peer is not None and not self.banned(peer):
             self.penalise(peer, PENALTY_MALFORMED, why)
-
-    def on_gossip_tx(self, peer: Peer, msg: wire.Message) -> None:
-        if sha256d(msg["tx"]) in self.mempool:  # the txid hashes the canonical bytes: a copy we hold
-            return
-        self._accept_tx_from_peer(msg["tx"], peer, relay=True)
 
     def on_gossip_block(self, peer: Peer, msg: wire.Message) -> None:
         try:
@@ -362,35 +353,6 @@ class NodeCore:
 
     # --- transactions and blocks ---------------------------------------------------------------
 
-    def accept_tx(self, tx: Transaction, *, relay: bool = True) -> int:
-        """Validate ``tx`` against chain and mempool, keep it and relay it; raise on rejection."""
-        fee = self.mempool.accept(tx, self.store, self.chain.height,
-                                  is_confirmed=lambda txid: self.store.tx_height(txid) is not None)
-        self.log.debug("tx accepted", txid=tx.txid_hex, fee=fee)
-        self._unsaved.append((tx.txid, tx.raw))
-        if relay:
-            self.publish(TOPIC_TX, "gossip_tx", tx=tx.raw)
-        return fee
-
-    def _accept_tx_from_peer(self, raw: bytes, peer: Peer, relay: bool) -> TxOutcome:
-        try:
-            tx = Transaction.parse(raw)
-        except E.DecodeError as exc:
-            self.penalise(peer, PENALTY_MALFORMED, f"undecodable tx: {exc}")
-            return TxOutcome.INVALID
-        try:
-            self.accept_tx(tx, relay=relay)
-        except (TxAlreadyKnown, TxConflict):
-            return TxOutcome.KNOWN
-        except MempoolReject:
-            return TxOutcome.POLICY
-        except (E.TxMissingInput, E.TxImmatureSpend):
-            return TxOutcome.MISSING  # a race with a block or a parent, not misbehaviour
-        except E.InvalidTx as exc:
-            self.penalise(peer, PENALTY_INVALID_TX, f"invalid tx {tx.txid_hex}: {exc.reason}")
-            return TxOutcome.INVALID
-        return TxOutcome.ACCEPTED
-
     def accept_block(self, block: Block, peer: Peer | None, relay: bool, strict: bool = False) -> None:
         """Add a block from a peer, our miner or a client; ``strict`` re-raises the rejection."""
         try:
@@ -428,15 +390,21 @@ class NodeCore:
                                                 self.chain.height)
         self.store.forget_mempool_txs([tx.txid for block in update.connected for tx in block.txs[1:]]
                                       + [tx.txid for tx in dropped])
+        self.relay.note_dropped(update.connected, dropped)
+        for block in update.connected:  # orphans whose parent a block confirmed can come in now
+            for tx in block.txs[1:]:
+                self.relay.on_accepted(tx)
         tip = self.chain.tip
+        self.counters.blocks_connected += len(update.connected)
         if update.disconnected:
+            self.counters.reorgs += 1
             self.log.warning("reorg", depth=len(update.disconnected), height=tip.height, tip=tip.hash_hex)
             # Transactions the reorg put back are announced again: peers that only saw
             # them in a block that lost need them to mine them.
             for block in update.disconnected:
                 for tx in block.txs[1:]:
                     if tx.txid in self.mempool:
-                        self._unsaved.append((tx.txid, tx.raw))
+                        self.unsaved.append((tx.txid, tx.raw))
                         self.publish(TOPIC_TX, "gossip_tx", tx=tx.raw)
         for block in update.connected:
             self.log.info("block connected", height=self.chain.index[block.hash].height, block=block.hash_hex,
@@ -445,7 +413,7 @@ class NodeCore:
     def publish(self, topic: bytes, msg_type: str, **fields) -> None:
         """Announce on the gossip, numbering every message so subscribers can see gaps."""
         self.seq += 1
-        self.transport.publish(topic, wire.encode(msg_type, seq=self.seq, **fields))
+        self.transport.publish(topic, wire.encode(msg_type, seq=self.seq, epoch=self.epoch, **fields))
 
     # --- timers and mining ----------------------------------------------------------------------
 
@@ -455,9 +423,9 @@ class NodeCore:
         self.download.on_timer(now)
         if self.synced:
             for peer in self.peers.values():
-                if not peer.mempool_asked and peer.answered and not self.banned(peer):
-                    peer.mempool_asked = True
-                    self.request(peer, "get_mempool")
+                if not peer.mempool_asked and peer.answered:
+                    self.relay.ask_inventory(peer)
+        self.relay.on_timer(now)
         if self.miner is not None:
             self.mining.on_timer(now)
 

@@ -17,6 +17,11 @@ from dataclasses import dataclass, field
 
 from zcoin.tracker.protocol import MemberInfo
 
+# Misbehaviour points (zcoin.misbehaviour bans a peer at 100).
+PENALTY_MALFORMED = 20  # undecodable, unsolicited or of the wrong type
+PENALTY_INVALID_TX = 10
+PENALTY_INVALID_BLOCK = 100
+
 # What each request to a peer is answered with (an ``error`` reply may answer any of them).
 REPLY_TYPES = {"get_tip": "tip", "get_headers": "headers", "get_blocks": "blocks", "get_mempool": "mempool",
                "get_txs": "txs"}
@@ -117,7 +122,9 @@ class Peer:
     tip_hash: bytes = b""
     work: int = -1
     answered: bool = False
-    last_seq: int | None = None  # the last gossip sequence number seen from it
+    epoch: int | None = None  # its gossip epoch (a new one: it restarted, its numbers start again)
+    last_seq: int | None = None  # the highest gossip number seen from it in this epoch (or its inventory's)
+    reported_seq: int | None = None  # the number its last tip reply said it had published
     mempool_asked: bool = False  # its mempool was asked for once we were synced
 
     @property

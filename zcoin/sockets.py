@@ -29,9 +29,6 @@ MAX_DRAIN_PER_WAKE = 500  # messages read from one socket before the others get 
 SHUTDOWN_LINGER_MS = 200
 REQUEST_ID_BYTES = 8
 
-TOPIC_TX = b"tx"
-TOPIC_BLOCK = b"block"
-
 
 def open_socket(context: zmq.Context, kind: int, *, linger_ms: int = 0, max_bytes: int = MAX_SOCKET_MESSAGE_BYTES,
                 hwm: int | None = HWM, subscribe: tuple[bytes, ...] = ()) -> zmq.Socket:

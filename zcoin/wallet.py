@@ -5,6 +5,19 @@ overwritten unless asked.  ``zcoin wallet new --dev N`` writes the Nth
 premined development account of the local networks (its key is public by
 design, like Hardhat's accounts).
 
+The file also remembers every payment the wallet made and has not yet seen
+:data:`CONFIRMED_DEPTH` blocks deep (:class:`Payment`: the signed transaction,
+when, to which node, and whether a confirmed transaction spent the same coins),
+as Bitcoin Core's wallet keeps its own transactions until they are confirmed.
+A payment is recorded *before* it is pushed, so a push with no answer, a crash
+or a Ctrl-C never loses it; :func:`build_payment` never spends an input of a
+pending payment, so an unknown outcome is never paid again from the same coins.
+Every write goes to a temporary file in the same directory (mode 0600), is
+synced, and replaces the old file in one ``rename``: a crash leaves the old
+file or the new one, never half of either.  Version 1 files (no payments)
+still load; :func:`locked_wallet` keeps two commands from updating one file at
+once.
+
 An address is the 32-byte x-only public key in bech32m (BIP350) with a
 network prefix - ``zcl1...`` on ``local``, ``zct1...`` on ``test``,
 ``zcrt1...`` on ``regtest`` - so a mistyped character or an address of another
@@ -16,10 +29,17 @@ the change to the sender and sets the fee from a fee rate, then signs.
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
 import os
 import secrets
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from zcoin.consensus.builders import sign_transaction
@@ -27,7 +47,11 @@ from zcoin.consensus.crypto import schnorr_pubkey
 from zcoin.consensus.params import ChainParams, dev_secret_key
 from zcoin.consensus.primitives import OutPoint, Transaction, TxOut
 
-WALLET_VERSION = 1
+WALLET_VERSION = 2  # 2: the file records the wallet's unconfirmed payments
+READABLE_VERSIONS = (1, 2)
+CONFIRMED_DEPTH = 6  # confirmations after which a payment is final and leaves the file (Bitcoin's custom)
+LOCK_TIMEOUT_S = 30.0  # how long a command waits for another one using the same wallet file
+LOCK_POLL_S = 0.05
 DEFAULT_FEE_PER_BYTE = 1  # base units per encoded byte
 ADDRESS_PREFIX = {"local": "zcl", "test": "zct", "regtest": "zcrt"}
 
@@ -113,13 +137,45 @@ def decode_address(address: str, params: ChainParams) -> bytes:
 # --- key files ---------------------------------------------------------------------
 
 
+class PaymentState(StrEnum):
+    """What the wallet knows of one of its payments."""
+
+    PENDING = "pending"  # acknowledged or outcome unknown, not yet confirmed deeply enough
+    CONFLICTED = "conflicted"  # a confirmed transaction spent the same coins: it can never confirm
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    """A payment the wallet made and has not yet seen :data:`CONFIRMED_DEPTH` blocks deep."""
+
+    tx: Transaction
+    time: int  # Unix seconds, when it was made
+    node: str  # the api endpoint it was first pushed to
+    spent: int  # the wallet's coins it spends, in base units (its fee needs them)
+    conflict: str | None = None  # display txid of the confirmed transaction that spent the same coins
+
+    @property
+    def txid(self) -> str:
+        """The txid in display order."""
+        return self.tx.txid_hex
+
+    @property
+    def state(self) -> PaymentState:
+        return PaymentState.PENDING if self.conflict is None else PaymentState.CONFLICTED
+
+    @property
+    def inputs(self) -> tuple[OutPoint, ...]:
+        return tuple(i.prev for i in self.tx.inputs)
+
+
 @dataclass(frozen=True, slots=True)
 class Wallet:
-    """One key: what the file holds."""
+    """One key and the payments it made that are not yet final: what the file holds."""
 
     secret_key: bytes
     network: str
     label: str = ""
+    payments: tuple[Payment, ...] = ()  # oldest first: a payment may spend the change of an earlier one
 
     @property
     def pubkey(self) -> bytes:
@@ -127,6 +183,29 @@ class Wallet:
 
     def address(self, params: ChainParams) -> str:
         return encode_address(self.pubkey, params)
+
+    def reserved(self) -> frozenset[OutPoint]:
+        """The coins pending payments spend: never spent again while they may still confirm."""
+        return frozenset(op for p in self.payments if p.state is PaymentState.PENDING for op in p.inputs)
+
+    def payment(self, txid: str) -> Payment | None:
+        """The recorded payment with display txid ``txid``."""
+        return next((p for p in self.payments if p.txid == txid), None)
+
+    def with_payment(self, payment: Payment) -> Wallet:
+        """This wallet with ``payment`` recorded as the newest."""
+        if self.payment(payment.txid) is not None:
+            raise WalletError(f"payment {payment.txid} is recorded already")
+        return dataclasses.replace(self, payments=(*self.payments, payment))
+
+    def without_payment(self, txid: str) -> Wallet:
+        """This wallet with payment ``txid`` forgotten (confirmed deeply enough, or refused)."""
+        return dataclasses.replace(self, payments=tuple(p for p in self.payments if p.txid != txid))
+
+    def with_conflict(self, txid: str, conflict: str) -> Wallet:
+        """Payment ``txid`` marked conflicted by the confirmed transaction ``conflict``; its coins are released."""
+        return dataclasses.replace(self, payments=tuple(
+            dataclasses.replace(p, conflict=conflict) if p.txid == txid else p for p in self.payments))
 
 
 def new_wallet(params: ChainParams, dev_index: int | None = None) -> Wallet:
@@ -139,44 +218,140 @@ def new_wallet(params: ChainParams, dev_index: int | None = None) -> Wallet:
     return Wallet(dev_secret_key(dev_index), params.name, label=f"dev {dev_index}")
 
 
+def _payment_document(payment: Payment) -> dict:
+    document = {"txid": payment.txid, "tx": payment.tx.raw.hex(), "time": payment.time, "node": payment.node,
+                "spent": payment.spent, "state": payment.state.value}
+    if payment.conflict is not None:
+        document["conflict"] = payment.conflict
+    return document
+
+
+def _payment_from(document: dict) -> Payment:
+    tx = Transaction.parse(bytes.fromhex(document["tx"]))
+    if tx.txid_hex != document["txid"]:
+        raise ValueError(f"payment {document['txid']}: its transaction has txid {tx.txid_hex}")
+    state = PaymentState(document["state"])
+    conflict = document.get("conflict")
+    if (state is PaymentState.CONFLICTED) != (conflict is not None):
+        raise ValueError(f"payment {tx.txid_hex}: state {state.value} with conflict {conflict!r}")
+    return Payment(tx, int(document["time"]), str(document["node"]), int(document["spent"]),
+                   None if conflict is None else str(conflict))
+
+
 def save_wallet(wallet: Wallet, path: str | Path, *, force: bool = False) -> None:
-    """Write the key file with mode 0600; refuse to replace an existing file unless ``force``."""
-    path = Path(path)
+    """Write a new wallet file with mode 0600; refuse to replace an existing file unless ``force``."""
+    _write(wallet, Path(path), replace=force)
+
+
+def rewrite_wallet(wallet: Wallet, path: str | Path) -> None:
+    """Replace the wallet file at ``path`` with ``wallet`` (its payments changed), atomically."""
+    _write(wallet, Path(path), replace=True)
+
+
+def _write(wallet: Wallet, path: Path, *, replace: bool) -> None:
+    """Temporary file (0600) in the same directory, fsync, rename over ``path`` (or link: only if absent), fsync
+    the directory: a crash at any instant leaves the old file or the new one, and the rename survives it."""
     body = json.dumps({"version": WALLET_VERSION, "network": wallet.network, "label": wallet.label,
-                       "secret_key": wallet.secret_key.hex()}, indent=2) + "\n"
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+                       "secret_key": wallet.secret_key.hex(),
+                       "payments": [_payment_document(p) for p in wallet.payments]}, indent=2) + "\n"
+    directory = path.parent
     try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        raise WalletError(f"{path} exists; use --force to replace it (the old key is lost)") from None
+        fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
     except OSError as exc:
         raise WalletError(f"{path}: cannot write wallet: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as fh:
-        os.fchmod(fd, 0o600)
-        fh.write(body)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            os.fchmod(fd, 0o600)
+            fh.write(body)
+            fh.flush()
+            os.fsync(fd)
+        if replace:
+            os.replace(temporary, path)
+        else:
+            _create_from(temporary, path)
+        _fsync_directory(directory)
+    except FileExistsError:
+        os.unlink(temporary)
+        raise WalletError(f"{path} exists; use --force to replace it (the old key is lost)") from None
+    except OSError as exc:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise WalletError(f"{path}: cannot write wallet: {exc.strerror or exc}") from None
+
+
+def _create_from(temporary: str, path: Path) -> None:
+    """Give the written ``temporary`` the name ``path`` only if no file has it (``FileExistsError`` otherwise)."""
+    try:
+        os.link(temporary, path)  # atomic and exclusive: never overwrites a key
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: claim the name, then rename over the empty claim
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.replace(temporary, path)
+    else:
+        os.unlink(temporary)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_wallet(path: str | Path) -> Wallet:
-    """Read a key file; ``WalletError`` names what is wrong with it."""
+    """Read a wallet file (version 1 or 2); ``WalletError`` names what is wrong with it."""
     path = Path(path)
     try:
         document = json.loads(path.read_text())
-        if document.get("version") != WALLET_VERSION:
+        if document.get("version") not in READABLE_VERSIONS:
             raise WalletError(f"{path}: unknown wallet version {document.get('version')!r}")
         secret = bytes.fromhex(document["secret_key"])
         if len(secret) != 32:
             raise ValueError("secret key must be 32 bytes")
-        wallet = Wallet(secret, str(document["network"]), str(document.get("label", "")))
+        payments = tuple(_payment_from(p) for p in document.get("payments", []))
+        wallet = Wallet(secret, str(document["network"]), str(document.get("label", "")), payments)
         wallet.pubkey  # noqa: B018 - refuses a key outside the curve order now rather than later
         return wallet
     except FileNotFoundError:
         raise WalletError(f"{path}: no such wallet file (create one with `zcoin wallet new`)") from None
     except OSError as exc:
         raise WalletError(f"{path}: cannot read wallet: {exc.strerror}") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # DecodeError is a ValueError
         if isinstance(exc, WalletError):
             raise
         raise WalletError(f"{path}: not a zcoin wallet file ({exc})") from None
+
+
+@contextmanager
+def locked_wallet(path: str | Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold ``<path>.lock`` (flock) while a command reads, pays from and rewrites the wallet file.
+
+    Two ``zcoin send`` at once would otherwise choose the same coins and each
+    rewrite the file without the other's payment.  The lock is a file of its own
+    because every rewrite replaces the wallet file itself.
+    """
+    path = Path(path)
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise WalletError(f"{lock_path}: cannot lock the wallet: {exc.strerror}") from None
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise WalletError(f"{path} is in use by another zcoin command (waited {timeout_s:g}s "
+                                      f"for {lock_path})") from None
+                time.sleep(LOCK_POLL_S)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # --- payments ----------------------------------------------------------------------
@@ -190,10 +365,15 @@ def build_payment(wallet: Wallet, coins: list[tuple[OutPoint, int]], to_pubkey: 
                   fee: int | None = None, fee_per_byte: int = DEFAULT_FEE_PER_BYTE) -> Transaction:
     """A signed transaction paying ``amount`` to ``to_pubkey`` from ``coins`` (outpoint, amount), change back.
 
-    With ``fee`` None the fee is ``fee_per_byte`` times the signed size.
+    With ``fee`` None the fee is ``fee_per_byte`` times the signed size.  Coins that
+    the wallet's pending payments spend are never chosen (:meth:`Wallet.reserved`);
+    their change, once the node lists it among ``coins``, is.
     """
     if amount <= 0:
         raise WalletError("the amount must be a positive number of base units")
+    reserved = wallet.reserved()
+    held = sum(value for outpoint, value in coins if outpoint in reserved)
+    coins = [(outpoint, value) for outpoint, value in coins if outpoint not in reserved]
     available = sum(value for _, value in coins)
     chosen: list[tuple[OutPoint, int]] = []
     total = 0
@@ -210,7 +390,8 @@ def build_payment(wallet: Wallet, coins: list[tuple[OutPoint, int]], to_pubkey: 
         if total >= amount + needed_fee:
             return _sign(wallet, chosen, to_pubkey, amount, total, needed_fee)
     raise InsufficientFunds(f"insufficient funds: {available} spendable, {amount} + fee "
-                            f"{needed_fee if needed_fee else fee_per_byte * 100} needed")
+                            f"{needed_fee if needed_fee else fee_per_byte * 100} needed"
+                            + (f" ({held} more is held by pending payments)" if held else ""))
 
 
 def _sign(wallet: Wallet, chosen: list[tuple[OutPoint, int]], to_pubkey: bytes, amount: int, total: int,

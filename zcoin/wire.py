@@ -265,11 +265,16 @@ register("status_reply", node=Str(64), network=Str(32), height=Int(), tip=Str(64
               synced=Bool(), mining=Bool(), mining_mode=Opt(Str(32)),
               best_header=Int(), orphans=Int(), api=Str(256), gossip=Str(256),
               peer_list=List(Map({"node": Str(64), "height": Int(lo=-1), "score": Int(lo=-10**9, hi=10**9),
-                                  "banned": Bool()}), max_len=10_000))
+                                  "banned": Bool()}), max_len=10_000),
+              mempool_bytes=Opt(Int()),
+              counters=Opt(Map({"txs_accepted": Int(), "blocks_connected": Int(), "reorgs": Int(), "bans": Int(),
+                                "gossip_gaps": Int(), "request_stalls": Int()})),
+              rejected=Opt(List(Map({"reason": Str(64), "count": Int()}), max_len=64)))
 register("push_tx", tx=Bytes(1_000_000))
 register("tx_result", accepted=Bool(), txid=Str(64), reason=Opt(Str(512)), code=Opt(Str(64)))
 register("get_tip")
-register("tip", node=Str(64), height=Int(), hash=HASH, work=Bytes(size=32))
+# epoch and seq: the publisher's gossip epoch (drawn at each start) and the number of its last message.
+register("tip", node=Str(64), height=Int(), hash=HASH, work=Bytes(size=32), epoch=Opt(Int()), seq=Opt(Int()))
 register("get_headers", locator=List(HASH, max_len=64))
 register("headers", headers=List(Bytes(size=80), max_len=MAX_HEADERS_PER_REPLY))
 register("get_blocks", hashes=List(HASH, max_len=MAX_BLOCKS_PER_REQUEST))
@@ -279,7 +284,7 @@ register("get_block", hash=Opt(HASH), height=Opt(Int()))
 register("block", block=Opt(Bytes()), height=Opt(Int()), active=Opt(Bool()), tip_height=Opt(Int()),
          fees=Opt(Int(lo=0, hi=MAX_AMOUNT)))
 register("get_mempool")
-register("mempool", txids=List(HASH, max_len=MAX_MEMPOOL_IDS))
+register("mempool", txids=List(HASH, max_len=MAX_MEMPOOL_IDS), epoch=Opt(Int()), seq=Opt(Int()))
 register("get_txs", txids=List(HASH, max_len=MAX_TXS_PER_REQUEST))
 register("txs", txs=List(Bytes(), max_len=MAX_TXS_PER_REQUEST))
 register("get_utxos", pubkey=Bytes(size=32))
@@ -289,9 +294,10 @@ register("submit_block", block=Bytes())
 register("block_result", accepted=Bool(), hash=Str(64), height=Opt(Int()), reason=Opt(Str(512)),
               code=Opt(Str(64)))
 register("get_tx", txid=HASH, verbose=Opt(Bool()))  # verbose: with the raw tx and its prevouts
-# state: "mempool", "confirmed" (height, block, confirmations) or "unknown"; when asked verbose, with the raw
+# state: "mempool", "confirmed" (height, block, confirmations), "conflicted" (by ``conflict``: a confirmed
+# transaction spent the same coins) or "unknown"; when asked verbose, with the raw
 # transaction and, per input in order, the coin it spends (absent when any is unknown, and for a coinbase).
-register("tx_status", state=Str(16), height=Opt(Int()), block=Opt(HASH), confirmations=Opt(Int()),
+register("tx_status", state=Str(16), height=Opt(Int()), conflict=Opt(Str(64)), block=Opt(HASH), confirmations=Opt(Int()),
          tx=Opt(Bytes(1_000_000)), prevouts=Opt(List(Map({"amount": Int(hi=MAX_AMOUNT), "pubkey": Bytes(size=32)}),
                                                     max_len=100_000)))
 register("get_mempool_info")
@@ -306,5 +312,8 @@ register("generate", blocks=Int(lo=1, hi=MAX_GENERATE_PER_REQUEST), payout=Opt(B
 register("generated", hashes=List(Str(64), max_len=MAX_GENERATE_PER_REQUEST), height=Int())
 register("admin", action=Str(32), peer=Str(64))
 register("ok", detail=Opt(Str(256)))
-register("gossip_tx", seq=Int(), tx=Bytes(1_000_000))
-register("gossip_block", seq=Int(), block=Bytes())
+TOPIC_TX = b"tx"  # gossip topics: the first frame of every announcement, and what a SUB subscribes to
+TOPIC_BLOCK = b"block"
+GOSSIP_TYPES = {TOPIC_TX: "gossip_tx", TOPIC_BLOCK: "gossip_block"}
+register("gossip_tx", seq=Int(), tx=Bytes(1_000_000), epoch=Opt(Int()))
+register("gossip_block", seq=Int(), block=Bytes(), epoch=Opt(Int()))

@@ -16,7 +16,9 @@ itself.
 - :class:`MinerNode` / :class:`TrackerNode` wrap one daemon: start, stop
   (SIGTERM), kill (SIGKILL), restart.  A restart reuses the endpoints the
   first run bound, so trackers and peers find the process where it was (as a
-  restarted daemon with a configured port would be).
+  restarted daemon with a configured port would be).  A tracker's api port is
+  picked before it starts, so miners start alongside it.  A miner started with
+  ``--mining on-demand`` mines when a test calls :meth:`MinerNode.generate`.
 - :func:`sync_blocks`, :func:`sync_mempools`, :func:`disconnect` /
   :func:`reconnect` (both directions, through the admin api) are the waiting
   and partitioning helpers, built on :func:`support.waiting.wait_until`; none
@@ -28,7 +30,8 @@ itself.
   development accounts' coins into signed transactions (with
   :func:`support.payments.pay`).
 - :class:`TxPusher` pushes signed transactions at a steady rate to several
-  nodes (one thread per node), recording which node accepted which txid.
+  nodes (one thread per node), recording which node accepted which txid (a
+  "not now" refusal, ``syncing`` or ``isolated``, puts the coin back).
 - :func:`active_chain` and :func:`assert_confirmed_once_everywhere` check the
   promises: one chain, every accepted transaction in it exactly once.
 """
@@ -49,9 +52,10 @@ from pathlib import Path
 import pytest
 
 from zcoin import wire
-from zcoin.client import NodeClient, NodeUnavailable
+from zcoin.client import NodeClient, NodeError, NodeUnavailable
 from zcoin.consensus.params import ChainParams, network
 from zcoin.consensus.primitives import Block, OutPoint, Transaction
+from zcoin.payments import UNSERVED
 from zcoin.tracker.agent import MembershipAgent
 from zcoin.tracker.protocol import MemberInfo
 
@@ -61,7 +65,7 @@ if str(TESTS_DIR) not in sys.path:  # the shared helpers (the ``support`` packag
 
 from support.hostile import HostilePeer  # noqa: E402
 from support.payments import dev_key, dev_outpoint, pay  # noqa: E402
-from support.processes import ProcessGroup, ZcoinProcess  # noqa: E402
+from support.processes import ProcessGroup, ZcoinProcess, cli_in_process, free_port  # noqa: E402
 from support.waiting import wait_until  # noqa: E402
 
 LOOPBACK_ANY = "tcp://127.0.0.1:*"
@@ -75,25 +79,40 @@ LOAD_FEE = 300  # base units per load transaction (1 input, 1 output)
 
 
 class TrackerNode:
-    """A ``zcoin tracker`` process; restarts bind the same endpoints again."""
+    """A ``zcoin tracker`` process; restarts bind the same endpoints again.
 
-    def __init__(self, cluster: FunctionalCluster, name: str) -> None:
+    Its api port is chosen before it starts, so that miners can be started at the
+    same time (their requests wait in ZeroMQ until it listens); :meth:`wait_listening`
+    waits for it (a miner's :meth:`MinerNode.wait_started` does).
+    """
+
+    def __init__(self, cluster: FunctionalCluster, name: str, extra: Iterable[str] = ()) -> None:
         self.cluster = cluster
         self.name = name
+        self.extra = list(extra)
         self.endpoint = ""  # the ROUTER the miners and ``zcoin peers`` talk to
         self.events = ""
         self.proc: ZcoinProcess | None = None
+        self.listening = False
 
-    def start(self) -> TrackerNode:
-        bind, events = self.endpoint or LOOPBACK_ANY, self.events or LOOPBACK_ANY
-        args = ["tracker", "--bind", bind, "--events", events]
+    def start(self, wait: bool = True) -> TrackerNode:
+        """Start the process (again); with ``wait``, return once it listens."""
+        self.endpoint = self.endpoint or f"tcp://127.0.0.1:{free_port()}"
+        args = ["tracker", "--bind", self.endpoint, "--events", self.events or LOOPBACK_ANY, *self.extra]
         if self.proc is None:
             self.proc = self.cluster.group.start(self.name, *args)
         else:
             self.proc.args = args
             self.proc.start()
-        match = self.proc.wait_for_log(r"tracker listening api=(tcp://\S+) events=(tcp://\S+)")
-        self.endpoint, self.events = match.group(1), match.group(2)
+        self.listening = False
+        return self.wait_listening() if wait else self
+
+    def wait_listening(self) -> TrackerNode:
+        """Wait (once per start) for its "tracker listening" line; learn the events endpoint from it."""
+        if not self.listening:
+            match = self.proc.wait_for_log(r"tracker listening api=(tcp://\S+) events=(tcp://\S+)")
+            assert match.group(1) == self.endpoint, match.group(0)
+            self.events, self.listening = match.group(2), True
         return self
 
     def kill(self) -> None:
@@ -112,8 +131,8 @@ class TrackerNode:
         return self.proc is not None and self.proc.running()
 
     def members(self) -> set[str]:
-        """The node ids ``zcoin peers --json`` lists for this tracker."""
-        result = self.cluster.cli("peers", "--tracker", self.endpoint, "--json", "--timeout", "3")
+        """The node ids ``zcoin peers --json`` (run in this process) lists for this tracker."""
+        result = cli_in_process("peers", "--tracker", self.endpoint, "--json", "--timeout", "3")
         assert result.returncode == 0, f"zcoin peers failed: {result.stderr}"
         return {m["node"] for m in json.loads(result.stdout)["members"]}
 
@@ -162,6 +181,10 @@ class MinerNode:
         return self
 
     def wait_started(self, timeout: float = 30.0) -> MinerNode:
+        """Wait until the api is bound (and the trackers it joins listen)."""
+        for tracker in self.cluster.trackers:
+            if tracker.endpoint in self.trackers:
+                tracker.wait_listening()
         match = self.proc.wait_for_log(r"node started[^\n]*", timeout)
         info = json.loads((self.data_dir / "node.json").read_text())  # written just before that line
         assert info["pid"] == self.proc.pid, f"{self.name}: stale node.json"
@@ -247,6 +270,13 @@ class MinerNode:
         """The status ``peer_list`` by peer name."""
         return {p["node"]: p for p in self.status()["peer_list"]}
 
+    def generate(self, blocks: int = 1) -> list[bytes]:
+        """Mine ``blocks`` blocks on this node's tip now (``zcoin generate``'s request); their hashes, once
+        connected.  A miner started with ``--mining on-demand`` makes blocks only so."""
+        reply = self.rpc("generate", blocks=blocks)
+        assert len(reply["hashes"]) == blocks, reply
+        return [bytes.fromhex(h)[::-1] for h in reply["hashes"]]
+
     def admin(self, action: str, peer: str) -> wire.Message:
         reply = self.rpc("admin", action=action, peer=peer)
         assert reply.type == "ok", reply
@@ -314,10 +344,12 @@ class FunctionalCluster:
         """Where members join: every tracker of the cluster."""
         return [t.endpoint for t in self.trackers]
 
-    def add_tracker(self, name: str | None = None) -> TrackerNode:
-        tracker = TrackerNode(self, name or f"tracker{len(self.trackers) + 1}")
+    def add_tracker(self, name: str | None = None, extra: Iterable[str] = ()) -> TrackerNode:
+        """A tracker, started (the miners started next wait for it to listen); ``extra``: more arguments of
+        ``zcoin tracker`` (``--config FILE``)."""
+        tracker = TrackerNode(self, name or f"tracker{len(self.trackers) + 1}", extra)
         self.trackers.append(tracker)
-        return tracker.start()
+        return tracker.start(wait=False)
 
     def add_miner(self, name: str, *, trackers: list[TrackerNode] | None = None, network_name: str = "local",
                   mine: bool = True, workers: int = 1, extra: Iterable[str] = (), wait: bool = True) -> MinerNode:
@@ -334,7 +366,10 @@ class FunctionalCluster:
         return [m.wait_started() for m in miners]
 
     def hostile_peer(self, name: str) -> HostilePeer:
-        """A :class:`HostilePeer` joined to every tracker, closed with the cluster."""
+        """A :class:`HostilePeer` joined to every tracker (once it listens, so that the peer is a member before
+        miners started next), closed with the cluster."""
+        for tracker in self.trackers:
+            tracker.wait_listening()
         peer = HostilePeer(self, name)
         self.closables.append(peer)
         return peer
@@ -366,11 +401,12 @@ def cluster(tmp_path, request):
 
 
 def connected(nodes: list[MinerNode], expected: int | None = None) -> Callable[[], bool]:
-    """A condition: every node has ``expected`` peers (default: all the others of ``nodes``)."""
+    """A condition: every node has ``expected`` peers (default: all the others of ``nodes``) and is synced
+    (a node answers for coins only then: it refuses payments while syncing or isolated)."""
     want = len(nodes) - 1 if expected is None else expected
 
     def every_node_has_its_peers() -> bool:
-        return all(n.status()["peers"] == want for n in nodes)
+        return all((s := n.status())["peers"] == want and s["synced"] for n in nodes)
 
     return every_node_has_its_peers
 
@@ -458,7 +494,7 @@ def wait_all_confirmed(nodes: list[MinerNode], txids: Iterable[bytes], timeout: 
         return not any(remaining.values())
 
     try:
-        wait_until(all_confirmed, timeout, "every transaction confirmed on every node", interval=0.5)
+        wait_until(all_confirmed, timeout, "every transaction confirmed on every node", interval=POLL_S)
     except AssertionError:
         report = {name: [t[::-1].hex()[:16] for t in list(left)[:5]] + [f"({len(left)} in all)"]
                   for name, left in remaining.items() if left}
@@ -537,6 +573,7 @@ class PushLog:
     accepted: dict[bytes, float] = field(default_factory=dict)  # txid -> when the node said accepted
     rejected: dict[bytes, str] = field(default_factory=dict)  # txid -> reason code
     unanswered: list[bytes] = field(default_factory=list)  # pushes with no reply (node down or slow)
+    unserved: list[bytes] = field(default_factory=list)  # pushes refused "not now" (syncing, isolated)
 
 
 class TxPusher:
@@ -544,8 +581,10 @@ class TxPusher:
 
     Each transaction spends one coin from a shared supply (independent of the
     others, so none waits for another) to the next development account.  A node
-    that does not answer within ``timeout_s`` costs only its own thread; what
-    each node said is in :attr:`logs`.
+    that does not answer within ``timeout_s`` costs only its own thread; a node
+    that answers "not now" (it is catching up on a peer's new block: ``syncing``;
+    or ``isolated``) gets the coin back in the supply, as a wallet would try the
+    payment again.  What each node said is in :attr:`logs`.
     """
 
     def __init__(self, nodes: list[MinerNode], coins: list[Coin], rate_per_node: float,
@@ -569,12 +608,13 @@ class TxPusher:
             self._threads.append(thread)
         return self
 
-    def _next_tx(self) -> Transaction | None:
+    def _next_coin(self) -> Coin | None:
         with self.lock:
-            if not self.coins:
-                return None
-            coin = self.coins.popleft()
-        return spend_coin(coin, self.params, (coin.account + 1) % self.params.dev_accounts)
+            return self.coins.popleft() if self.coins else None
+
+    def _give_back(self, coin: Coin) -> None:
+        with self.lock:
+            self.coins.append(coin)
 
     def _run(self, node: MinerNode) -> None:
         log = self.logs[node.name]
@@ -586,18 +626,27 @@ class TxPusher:
                 next_at = max(next_at + self.interval, time.monotonic() - self.interval)
                 if self._stop.is_set() or node.name in self.paused:
                     continue
-                tx = self._next_tx()
-                if tx is None:
+                coin = self._next_coin()
+                if coin is None:
                     return
+                tx = spend_coin(coin, self.params, (coin.account + 1) % self.params.dev_accounts)
                 try:
                     reply = client.request("push_tx", tx=tx.raw)
                 except NodeUnavailable:
                     log.unanswered.append(tx.txid)
                     continue
-                if reply["accepted"]:
-                    log.accepted[tx.txid] = time.monotonic()
+                except NodeError as exc:
+                    code = exc.reason
                 else:
-                    log.rejected[tx.txid] = reply.get("code") or "rejected"
+                    if reply["accepted"]:
+                        log.accepted[tx.txid] = time.monotonic()
+                        continue
+                    code = reply.get("code") or "rejected"
+                if code in UNSERVED:
+                    log.unserved.append(tx.txid)
+                    self._give_back(coin)
+                else:
+                    log.rejected[tx.txid] = code
         except BaseException as exc:  # reported by stop()
             self.errors.append(exc)
         finally:
@@ -621,7 +670,8 @@ class TxPusher:
 
     def summary(self) -> dict:
         return {name: {"accepted": len(log.accepted), "rejected": len(log.rejected),
-                       "unanswered": len(log.unanswered)} for name, log in self.logs.items()}
+                       "unanswered": len(log.unanswered), "unserved": len(log.unserved),
+                       "reasons": sorted(set(log.rejected.values()))} for name, log in self.logs.items()}
 
 
 def peer_entry(node: MinerNode, peer: str) -> dict | None:

@@ -22,7 +22,8 @@ def test_miner_killed_under_load_restarts_consistent_catches_up_and_loses_no_acc
     nodes = cluster.add_miners(["alpha", "bravo", "victim"])
     alpha, bravo, victim = nodes
     wait_connected(nodes)
-    coins = fund_load(nodes, accounts=[0, 1, 2], outputs=300)
+    # Coins for some 20 s of the survivors' pushes while the victim is down and catching up.
+    coins = fund_load(nodes, accounts=[0, 1, 2], outputs=400)
     start_height, _ = sync_blocks(nodes)
 
     pusher = TxPusher(nodes, coins, rate_per_node=RATE_PER_NODE)

@@ -3,8 +3,12 @@
 Real processes: a tracker and regtest miners started with ``--mining on-demand``
 (as ``Procfile.regtest`` starts them), so no block appears unless a test asks
 for it and every height below is exact.  Everything a developer would type goes
-through the ``zcoin`` command as a subprocess; what the command prints is
-checked against what the nodes report over their api (tips, blocks, ``get_tx``).
+through the ``zcoin`` command; what the command prints is checked against what
+the nodes report over their api (tips, blocks, ``get_tx``).  The commands that
+fetch data run in the test process (:func:`support.processes.cli_in_process`:
+the same entry point, output and exit status, without starting an interpreter
+for each of some fifty commands); those whose point is how they fail (the exit
+status and the one line a shell shows) and Ctrl-C run as child processes.
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from framework import disconnect, reconnect, sync_blocks, sync_mempools, wait_connected
 from framework import cluster  # noqa: F401  (a fixture: tests take it by name)
-from support.processes import CLI
+from support.processes import CLI, cli_in_process
 from support.waiting import wait_until
 
 from zcoin.config import MINER_CONFIG_SPEC, load_section, load_tracker_settings, parse_mining_mode
@@ -33,14 +38,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 def zcoin_json(net, *args: str):
     """Run ``zcoin ARGS --json``; it must succeed; return the parsed output."""
-    result = net.cli(*args, "--json")
+    result = cli_in_process(*args, "--json")
     assert result.returncode == 0, f"zcoin {' '.join(args)} failed ({result.returncode}): {result.stderr}"
     assert "Traceback" not in result.stderr, result.stderr
     return json.loads(result.stdout)
 
 
 def zcoin_fails(net, status: int, *args: str) -> subprocess.CompletedProcess:
-    """Run ``zcoin ARGS``; it must exit with ``status`` and say why in one line on stderr, without a traceback."""
+    """Run ``zcoin ARGS`` as a child process; it must exit with ``status`` and say why in one line on stderr,
+    without a traceback."""
     result = net.cli(*args)
     assert result.returncode == status, (args, result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
@@ -56,7 +62,7 @@ class WalletFile:
 
 def new_wallet(net, name: str) -> WalletFile:
     path = str(net.tmp_path / f"{name}.json")
-    created = net.cli("wallet", "new", "--wallet", path, "--network", "regtest")
+    created = cli_in_process("wallet", "new", "--wallet", path, "--network", "regtest")
     assert created.returncode == 0, created.stderr
     return WalletFile(path, zcoin_json(net, "wallet", "address", "--wallet", path)["address"])
 
@@ -154,7 +160,7 @@ def test_generate_mines_exact_blocks_on_every_node_and_faucet_payments_confirm_a
     assert zcoin_json(cluster, "mempool", "--node", bravo.api)["count"] == 0
     generate(cluster, alpha, 1)
     sync_blocks(nodes, min_height=height + 2)
-    text = cluster.cli("tx", paid["txid"], "--node", bravo.api)
+    text = cli_in_process("tx", paid["txid"], "--node", bravo.api)
     assert text.returncode == 0 and f"confirmed at height {height + 1} with 2 confirmations" in text.stdout
 
     # generate --to: the coinbase pays that address; its owner's history and `zcoin tx` show the coinbase.
@@ -172,8 +178,8 @@ def test_generate_mines_exact_blocks_on_every_node_and_faucet_payments_confirm_a
 
 
 def test_wallet_history_shows_payments_both_ways_and_follows_a_reorg(cluster):
-    nodes = start_regtest_cluster(cluster, ("alpha", "bravo", "charlie"))
-    alpha, bravo, charlie = nodes
+    nodes = start_regtest_cluster(cluster, ("alpha", "bravo", "charlie", "delta"))
+    alpha, bravo, charlie, delta = nodes
     sync_blocks(nodes)
     bob, carol = new_wallet(cluster, "bob"), new_wallet(cluster, "carol")
 
@@ -194,36 +200,49 @@ def test_wallet_history_shows_payments_both_ways_and_follows_a_reorg(cluster):
         assert [(i["txid"], i["height"]) for i in assert_history_matches_the_node(cluster, node, bob)] == [
             (faucet["txid"], h1), (sent["txid"], h2)]
 
-    # A partition: alpha alone (the losing side) and bravo + charlie (the longer, winning side).
-    disconnect(alpha, bravo)
-    disconnect(alpha, charlie)
+    # A partition into two pairs (a node left without any peer refuses payments as "isolated"):
+    # alpha + delta, the losing side, and bravo + charlie, the longer, winning side.
+    losing_side, winning_side = [alpha, delta], [bravo, charlie]
+    for here in losing_side:
+        for there in winning_side:
+            disconnect(here, there)
     # On alpha: the faucet pays bob from development account 0 (its change coin), and carol pays bob.
     lost = zcoin_json(cluster, "faucet", "--node", alpha.api, "--to", bob.address, "--amount", "30000")
     back = zcoin_json(cluster, "send", "--node", alpha.api, "--wallet", carol.path, "--to", bob.address,
                       "--amount", "5000")
     losing = generate(cluster, alpha, 1)
+    sync_blocks(losing_side, min_height=h2 + 1)
     # On bravo: the faucet pays carol from the same coin of account 0, and the side grows longer.
     won = zcoin_json(cluster, "faucet", "--node", bravo.api, "--to", carol.address, "--amount", "40000")
     generate(cluster, bravo, 2)
-    sync_blocks([bravo, charlie], min_height=h2 + 2)
+    sync_blocks(winning_side, min_height=h2 + 2)
     spends = [{(i["prev_txid"], i["prev_index"]) for i in zcoin_json(cluster, "tx", txid, "--node", node.api)["inputs"]}
               for txid, node in ((lost["txid"], alpha), (won["txid"], bravo))]
     assert spends[0] & spends[1], "the two faucet payments should spend the same coin"
-    on_losing_side = history(cluster, alpha, bob)[-2:]  # one block: ordered by txid there, not block position
-    assert {(i["txid"], i["height"]) for i in on_losing_side} == {(lost["txid"], h2 + 1), (back["txid"], h2 + 1)}
+    for node in losing_side:
+        on_losing_side = history(cluster, node, bob)[-2:]  # one block: ordered by txid there, not block position
+        assert {(i["txid"], i["height"]) for i in on_losing_side} == {(lost["txid"], h2 + 1),
+                                                                      (back["txid"], h2 + 1)}, node.name
 
-    reconnect(alpha, bravo)
-    reconnect(alpha, charlie)
+    for here in losing_side:
+        for there in winning_side:
+            reconnect(here, there)
     _, tip = sync_blocks(nodes, min_height=h2 + 2)
     assert bravo.block_at(h2 + 2).hash == tip
-    side = zcoin_json(cluster, "block", losing["hashes"][0], "--node", alpha.api)
-    assert not side["active"] and side["confirmations"] == 0
+    for node in losing_side:
+        side = zcoin_json(cluster, "block", losing["hashes"][0], "--node", node.api)
+        assert not side["active"] and side["confirmations"] == 0, node.name
     lost_id, back_id = (bytes.fromhex(t)[::-1] for t in (lost["txid"], back["txid"]))
-    # The payment whose coin the winning chain spent is gone; carol's payment to bob is pending again.
+    # The payment whose coin the winning chain spent is gone (the losing side, which held it, says by what);
+    # carol's payment to bob is pending again.
     wait_until(lambda: all(n.tx_state(back_id)[0] == "mempool" for n in nodes), 20,
-               "carol's payment back in alpha's mempool and relayed")
+               "carol's payment back in the losing side's mempools and relayed")
     for node in nodes:
-        assert node.tx_state(lost_id)[0] == "unknown", node.name
+        gone = node.rpc("get_tx", txid=lost_id)
+        if node in losing_side:
+            assert (gone["state"], gone["conflict"]) == ("conflicted", won["txid"]), (node.name, gone.fields)
+        else:
+            assert gone["state"] == "unknown", (node.name, gone.fields)
         bob_items = assert_history_matches_the_node(cluster, node, bob)
         assert lost["txid"] not in [i["txid"] for i in bob_items], node.name
         assert [i["txid"] for i in bob_items][:2] == [faucet["txid"], sent["txid"]]
@@ -242,30 +261,41 @@ def test_wallet_history_shows_payments_both_ways_and_follows_a_reorg(cluster):
 
 
 def test_unknown_things_bad_input_and_refused_requests_fail_in_one_line(cluster):
-    (alpha,) = start_regtest_cluster(cluster, ("alpha",))
-    idle = cluster.add_miner("idle", network_name="regtest", extra=("--mining", "off"))
-    testnet = cluster.add_miner("testnet", trackers=[cluster.add_tracker("test-tracker")], network_name="test",
-                                mine=False)
+    regtest_tracker, test_tracker = cluster.add_tracker(), cluster.add_tracker("test-tracker")
+    alpha, idle, testnet = [  # started at once, then waited for
+        cluster.add_miner("alpha", trackers=[regtest_tracker], network_name="regtest", extra=ON_DEMAND, wait=False),
+        cluster.add_miner("idle", trackers=[regtest_tracker], network_name="regtest", extra=("--mining", "off"),
+                          wait=False),
+        cluster.add_miner("testnet", trackers=[test_tracker], network_name="test", mine=False, wait=False)]
+    for node in (alpha, idle, testnet):
+        node.wait_started()
+    wait_connected([alpha, idle])  # (a node answers for coins only once synced with its peers)
 
-    # Unknown: exit 1.  Malformed: exit 2.
-    assert "not found" in zcoin_fails(cluster, 1, "block", "999999", "--node", alpha.api).stderr
-    zcoin_fails(cluster, 1, "block", "ab" * 32, "--node", alpha.api)
-    unknown = zcoin_fails(cluster, 1, "tx", "cd" * 32, "--node", alpha.api, "--json")
-    assert json.loads(unknown.stdout) == {"txid": "cd" * 32, "state": "unknown"}
-    for args in (("block", "xyz"), ("block", "ab" * 31), ("block", "-1"), ("tx", "12"), ("generate", "0"),
-                 ("generate", "100000")):
-        zcoin_fails(cluster, 2, *args, "--node", alpha.api)
-    local_address = encode_address(REGTEST.dev_pubkey(1), LOCAL)
-    assert "another network" in zcoin_fails(cluster, 2, "generate", "1", "--node", alpha.api,
-                                            "--to", local_address).stderr
-
-    # Refused: a node that does not mine, a network without development accounts, more than the faucet holds.
-    assert "not-mining" in zcoin_fails(cluster, 1, "generate", "1", "--node", idle.api).stderr
     bob = new_wallet(cluster, "bob")
-    no_dev = zcoin_fails(cluster, 1, "faucet", "--node", testnet.api, "--to", bob.address, "--amount", "1")
-    assert "network test has no development accounts" in no_dev.stderr
+    local_address = encode_address(REGTEST.dev_pubkey(1), LOCAL)
     too_much = str(REGTEST.dev_account_amount + 1)
-    zcoin_fails(cluster, 1, "faucet", "--node", alpha.api, "--to", bob.address, "--amount", too_much)
+    cases = [  # (exit status, what stderr says, the command): each a child process, independent of the others
+        # Unknown: exit 1.  Malformed: exit 2.
+        (1, "not found", ("block", "999999", "--node", alpha.api)),
+        (1, "", ("block", "ab" * 32, "--node", alpha.api)),
+        (1, "", ("tx", "cd" * 32, "--node", alpha.api, "--json")),
+        *[(2, "", (*args, "--node", alpha.api)) for args in (
+            ("block", "xyz"), ("block", "ab" * 31), ("block", "-1"), ("tx", "12"), ("generate", "0"),
+            ("generate", "100000"))],
+        (2, "another network", ("generate", "1", "--node", alpha.api, "--to", local_address)),
+        # Refused: a node that does not mine, a network without development accounts, more than the faucet holds.
+        (1, "not-mining", ("generate", "1", "--node", idle.api)),
+        (1, "network test has no development accounts",
+         ("faucet", "--node", testnet.api, "--to", bob.address, "--amount", "1")),
+        (1, "no development account of regtest can pay",
+         ("faucet", "--node", alpha.api, "--to", bob.address, "--amount", too_much)),
+    ]
+    with ThreadPoolExecutor(max_workers=4) as pool:  # interpreters start in parallel on both cores
+        results = list(pool.map(lambda case: zcoin_fails(cluster, case[0], *case[2]), cases))
+    for (_, says, args), result in zip(cases, results, strict=True):
+        assert says in result.stderr, (args, result.stderr)
+        if "--json" in args:
+            assert json.loads(result.stdout) == {"txid": "cd" * 32, "state": "unknown"}
 
     # Ctrl-C stops a long generate cleanly and says how many blocks were made.
     start = alpha.height

@@ -23,7 +23,7 @@ def test_eight_miners_converge_on_one_chain_and_a_ninth_joining_late_syncs_it(cl
     nodes = [cluster.add_miner(name, mine=name in MINING, wait=False) for name in MINING + RELAYING]
     nodes = [n.wait_started() for n in nodes]
     wait_connected(nodes, timeout=60)  # a full mesh: each node has the seven others as peers
-    height, _ = sync_blocks(nodes, min_height=4, timeout=90)
+    height, _ = sync_blocks(nodes, min_height=2, timeout=90)
 
     # A transaction pushed to one relay reaches all eight mempools (or a block) before being confirmed everywhere.
     tx = spend_coin(premine_coin(nodes[0].params, 0), nodes[0].params, to_account=1)

@@ -2,7 +2,9 @@
 
 Miners are configured with two trackers.  Real mining on the ``local``
 network by two of them (``--workers 1``); the others relay only, to keep the
-machine's two cores for what is measured.
+machine's two cores for what is measured.  The trackers grant a lease of
+:data:`LEASE_S` (miners heartbeat three times a lease), so that a miner finds a
+dead tracker out within seconds.
 """
 
 from __future__ import annotations
@@ -14,20 +16,28 @@ from framework import cluster  # noqa: F401  (a fixture: tests take it by name)
 from support.waiting import wait_until
 
 
-def relayed_and_mined(sender: MinerNode, nodes: list[MinerNode], account: int, blocks: int = 2) -> None:
-    """A transaction pushed to ``sender`` reaches every node and is confirmed; ``blocks`` more blocks follow."""
+LEASE_S = 2.0
+
+
+def relayed_and_mined(sender: MinerNode, nodes: list[MinerNode], account: int) -> None:
+    """A transaction pushed to ``sender`` reaches every node and is mined: confirmed on every node, all of them
+    on one tip above the height it was pushed at."""
     start = max(n.height for n in nodes)
     tx = spend_coin(premine_coin(sender.params, account), sender.params, to_account=(account + 1) % 10)
     assert sender.push_tx(tx)["accepted"]
     wait_until(lambda: all(n.tx_state(tx.txid)[0] == "confirmed" for n in nodes), 60,
                f"tx from {sender.name} relayed and confirmed on every node")
-    sync_blocks(nodes, min_height=start + blocks, timeout=60)
+    sync_blocks(nodes, min_height=start + 1, timeout=60)
 
 
 @pytest.mark.slow
 def test_tracker_outage_stops_neither_relay_nor_mining_and_a_restarted_tracker_relists_every_miner(cluster):
-    first, second = cluster.add_tracker("tracker1"), cluster.add_tracker("tracker2")
-    nodes = [cluster.add_miner("alpha"), cluster.add_miner("bravo"), cluster.add_miner("charlie", mine=False)]
+    config = cluster.tmp_path / "tracker.toml"
+    config.write_text(f"[tracker]\nlease_s = {LEASE_S}\n")
+    first, second = [cluster.add_tracker(name, extra=("--config", str(config))) for name in ("tracker1", "tracker2")]
+    nodes = [cluster.add_miner(name, mine=mine, wait=False)
+             for name, mine in (("alpha", True), ("bravo", True), ("charlie", False))]
+    nodes = [n.wait_started() for n in nodes]
     wait_connected(nodes)
     everyone = {"alpha", "bravo", "charlie"}
     wait_until(lambda: first.members() == everyone and second.members() == everyone, 20, "both trackers list all")
@@ -52,5 +62,5 @@ def test_tracker_outage_stops_neither_relay_nor_mining_and_a_restarted_tracker_r
     # The first tracker restarted (same endpoints, empty memory) lists every miner again as they rejoin.
     first.restart()
     wait_until(lambda: first.members() == everyone | {"delta"}, 40, "the restarted tracker to relist every miner")
-    relayed_and_mined(nodes[0], nodes, account=2, blocks=1)
+    relayed_and_mined(nodes[0], nodes, account=2)
     assert all(n.running() for n in nodes)

@@ -13,7 +13,8 @@
 - :mod:`support.cluster`: an in-process cluster (a tracker and node threads) and
   blocks made outside a node (``make_block``, ``submit``).
 - :mod:`support.processes`: the ``zcoin`` CLI as real child processes
-  (``ZcoinProcess``, ``ProcessGroup``).
+  (``ZcoinProcess``, ``ProcessGroup``), and short client commands run in the
+  test process (``cli_in_process``).
 - :mod:`support.hostile`: :class:`~support.hostile.HostilePeer`, a cluster member
   that speaks the wire protocol with crafted messages.
 - :mod:`support.vectors`: Bitcoin's test vectors, read from ``../shared/vectors``.

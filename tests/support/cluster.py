@@ -68,10 +68,10 @@ class Cluster:
         return reply["height"], reply["hash"]
 
     def wait_connected(self, timeout: float = 15.0) -> None:
-        """Wait until every node is connected to every other."""
+        """Wait until every node is connected to every other and synced (before that, it refuses payments)."""
         expected = len(self.nodes) - 1
-        wait_until(lambda: all(self.status(n)["peers"] == expected for n in self.nodes), timeout,
-                   f"every node to have {expected} peers")
+        wait_until(lambda: all((s := self.status(n))["peers"] == expected and s["synced"] for n in self.nodes),
+                   timeout, f"every node to have {expected} peers and be synced")
 
     def wait_same_tip(self, names=None, timeout: float = 20.0) -> tuple[int, bytes]:
         """Wait until nodes ``names`` (default: all) are on one tip; return it."""

@@ -5,21 +5,66 @@ log in a file, can wait for a log line, stop it with SIGTERM, kill it with
 SIGKILL and restart it with the same arguments.  :class:`ProcessGroup` cleans
 up every process it started, even when a test fails, and prints the logs of
 the processes of a failed test so the cause can be read.
+
+:func:`cli_in_process` runs a short client command (``zcoin tx``, ``zcoin
+generate``, ...) through the same click entry point inside the test process:
+the same arguments, output and exit status as the child process gives, without
+the half second a fresh interpreter spends importing.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
+import socket
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 from .waiting import wait_until
 
 CLI = [sys.executable, "-m", "zcoin.cli"]
+
+
+def free_port() -> int:
+    """A loopback TCP port for a daemon to bind later: free a moment ago, and below the ephemeral range, so that
+    no ``bind *`` or outgoing connection of any process is given it in the meantime."""
+    try:
+        ephemeral_from = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_from = 32768
+    for _ in range(100):
+        port = random.SystemRandom().randrange(20000, max(ephemeral_from, 20001))  # not a seeded generator
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free loopback port between 20000 and {ephemeral_from}")
+
+
+def cli_in_process(*args: str) -> subprocess.CompletedProcess:
+    """``zcoin ARGS`` run to completion by click in this process; the result reads as a child's would.
+
+    An exception the command does not handle ends up on stderr as a traceback with exit
+    status 1, as the interpreter of a child process would print it.
+    """
+    from click.testing import CliRunner
+    from loguru import logger
+
+    from zcoin.cli import cli
+
+    result = CliRunner().invoke(cli, list(args))
+    logger.remove()  # the command pointed the log at the runner's stderr, which is gone now
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(["zcoin", *args], result.exit_code, result.stdout, stderr)
 
 
 class ZcoinProcess:
@@ -103,16 +148,27 @@ class ProcessGroup:
 
     def start_miner(self, name: str, trackers: list[str], *extra: str, network: str = "local",
                     mine: bool = True) -> tuple[ZcoinProcess, str]:
-        data_dir = self.tmp_path / name
-        args = ["miner", "--name", name, "--network", network, "--data-dir", str(data_dir),
-                "--api", "tcp://127.0.0.1:*", "--gossip", "tcp://127.0.0.1:*", "--workers", "1", *extra]
-        for tracker in trackers:
-            args += ["--tracker", tracker]
-        if not mine:
-            args.append("--no-mine")
-        proc = self.start(name, *args)
-        proc.wait_for_log(r"node started")
-        return proc, json.loads((data_dir / "node.json").read_text())["api"]
+        """A miner with one worker on ephemeral ports, once started; returns it and its api endpoint."""
+        (started,) = self.start_miners([name], trackers, *extra, network=network, mine=mine)
+        return started
+
+    def start_miners(self, names: list[str], trackers: list[str], *extra: str, network: str = "local",
+                     mine: bool = True) -> list[tuple[ZcoinProcess, str]]:
+        """Like :meth:`start_miner` for several miners, all started before any is waited for."""
+        procs = []
+        for name in names:
+            args = ["miner", "--name", name, "--network", network, "--data-dir", str(self.tmp_path / name),
+                    "--api", "tcp://127.0.0.1:*", "--gossip", "tcp://127.0.0.1:*", "--workers", "1", *extra]
+            for tracker in trackers:
+                args += ["--tracker", tracker]
+            if not mine:
+                args.append("--no-mine")
+            procs.append(self.start(name, *args))
+        started = []
+        for proc in procs:
+            proc.wait_for_log(r"node started")
+            started.append((proc, json.loads((self.tmp_path / proc.name / "node.json").read_text())["api"]))
+        return started
 
     def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
         """Run a client command to completion."""
