@@ -40,7 +40,6 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-
 from framework import (FunctionalCluster, MinerNode, assert_confirmed_once_everywhere, confirmed_txids,
                        disconnect, reconnect, sync_blocks, sync_mempools, wait_connected)
 from framework import cluster  # noqa: F401  (a fixture: tests take it by name)
