@@ -17,7 +17,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support.cluster import Cluster, make_block, submit
+from support.cluster import Cluster, cluster, make_block, submit  # noqa: F401  (cluster: a fixture)
 from support.hostile import HostilePeer
 from support.payments import premine_spend
 from support.waiting import wait_until
@@ -27,15 +27,6 @@ from zcoin.consensus.params import REGTEST, dev_secret_key
 from zcoin.consensus.primitives import Block, BlockHeader, OutPoint, TxOut
 from zcoin.node import is_loopback_endpoint
 from zcoin.peers import PENALTY_MALFORMED
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def test_pushed_transaction_reaches_every_mempool_and_a_rejected_one_reaches_nobody(cluster):

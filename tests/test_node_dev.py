@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from support.cluster import Cluster, make_block, submit
+from support.cluster import Cluster, cluster, make_block, submit  # noqa: F401  (cluster: a fixture)
 from support.payments import premine_spend
 from support.waiting import wait_until
 from zcoin.client import NodeError
@@ -20,15 +20,6 @@ from zcoin.consensus.builders import new_template, solve
 from zcoin.consensus.primitives import Block, Transaction
 
 ON_DEMAND = MiningMode("on-demand")
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def miner(cluster: Cluster, name: str, mode: MiningMode = ON_DEMAND, **config):

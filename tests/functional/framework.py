@@ -56,8 +56,6 @@ from zcoin.client import NodeClient, NodeError, NodeUnavailable
 from zcoin.consensus.params import ChainParams, network
 from zcoin.consensus.primitives import Block, OutPoint, Transaction
 from zcoin.payments import UNSERVED
-from zcoin.tracker.agent import MembershipAgent
-from zcoin.tracker.protocol import MemberInfo
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 if str(TESTS_DIR) not in sys.path:  # the shared helpers (the ``support`` package) live there

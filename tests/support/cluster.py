@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import pytest
+
 from zcoin.client import NodeClient
 from zcoin.consensus.builders import new_template, solve
 from zcoin.consensus.params import REGTEST, ChainParams
@@ -112,3 +114,13 @@ def submit(client: NodeClient, block: Block) -> dict:
     reply = client.request("submit_block", block=block.raw).fields
     assert reply["accepted"], reply
     return reply
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """An in-process :class:`Cluster` for one test, closed after it (test modules import it by name)."""
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
