@@ -778,6 +778,33 @@ def test_tracker_process_exits_0_on_signal(tracker_process, sig):
     assert "Traceback" not in "".join(process.lines)
 
 
+def test_a_tracker_restarted_on_its_state_file_lists_its_members_and_knows_their_tokens(tmp_path, start_tracker,
+                                                                                         client):
+    state = tmp_path / "tracker-state.json"
+    first = start_tracker(state_path=state)
+    token = client(first.endpoint).join_and_ack("alice")
+    first.stop()
+
+    second = start_tracker(state_path=state)
+    raw = client(second.endpoint)
+    assert second.tracker_id == first.tracker_id
+    assert raw.members() == {"alice": (GOSSIP, API)}
+    assert raw.request("heartbeat", node="alice", token=token).type == "alive"
+    assert raw.request("leave", node="alice", token=token).type == "bye"
+    second.stop()
+    assert json.loads(state.read_text())["members"] == []
+
+
+def test_tracker_process_refuses_an_unusable_state_file_in_one_line(tmp_path):
+    state = tmp_path / "state.json"
+    state.write_text('{"tracker": "t1", "members": "everyone"}')
+    result = run_cli("tracker", "--bind", "tcp://127.0.0.1:*", "--events", "tcp://127.0.0.1:*", "--state", str(state))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"Error: cannot use tracker state file {state}: not tracker, seq and a list of members with node, gossip, "
+        "api and token (remove it to start with no members)"]
+
+
 def test_tracker_process_refuses_a_bad_config_or_busy_port_in_one_line(tmp_path, tracker_process):
     bad = tmp_path / "bad.toml"
     bad.write_text("[tracker]\nlease = 3\n")

@@ -319,6 +319,30 @@ def test_a_restarted_tracker_keeps_old_members_carried_over_until_they_rejoin_or
     assert set(b.view()) == {"a", "c"}
 
 
+def test_a_tracker_restarted_from_its_snapshot_lists_the_silent_members_for_one_lease():
+    """A new node joining a restarted tracker sees the network, not an empty list, while the
+    old members (here frozen) have a lease to renew; members that renew go on without rejoining."""
+    a, b = new_link("a", 17000), new_link("b", 17010)
+    net = Net(new_registry("t1"), [a, b])
+    net.run(0.1)
+    snapshot = net.registry.snapshot()
+
+    restarted_at = net.now
+    net.registry = new_registry("t2")
+    net.registry.restore(snapshot, net.now)
+    assert net.registry.tracker_id == "t1" and net.registry.seq == 2
+    c = new_link("c", 17020, now=net.now)
+    net.links = [b, c]  # a is frozen
+    net.run(0.1)
+    assert set(c.view()) == {"a", "b"} and c.phase == Phase.MEMBER
+    assert net.announced()[-1] == ("joined", "c") and net.events[-1]["seq"] == 3
+    assert "join" not in net.story("b", restarted_at)  # b's heartbeats go on with its old token
+
+    net.run(restarted_at + LEASE_S + STEP_S - net.now)
+    assert set(net.listed()) == {"b", "c"} and set(c.view()) == {"b"}
+    assert net.announced()[-1] == ("left", "a")
+
+
 # --- misbehaviour --------------------------------------------------------------------------
 
 

@@ -49,7 +49,9 @@ def cli(ctx: click.Context, log_level: str, log_json: bool) -> None:
                    "[config: bind; default tcp://127.0.0.1:9000; port * = ephemeral].")
 @click.option("--events", metavar="ENDPOINT",
               help="PUB endpoint for membership events [config: events; default tcp://127.0.0.1:9001].")
-def tracker_command(config_path: str | None, bind: str | None, events: str | None) -> None:
+@click.option("--state", metavar="FILE",
+              help="Keep the members in FILE, so that a restarted tracker lists them again [config: state].")
+def tracker_command(config_path: str | None, bind: str | None, events: str | None, state: str | None) -> None:
     """Run a membership tracker until SIGTERM or SIGINT.
 
     Miners join through it (JOIN, LIST, ACK), renew a lease by heartbeat and are
@@ -65,7 +67,7 @@ def tracker_command(config_path: str | None, bind: str | None, events: str | Non
     from zcoin.tracker.server import run_tracker
 
     try:
-        run_tracker(load_tracker_settings(config_path, bind=bind, events=events))
+        run_tracker(load_tracker_settings(config_path, bind=bind, events=events, state=state))
     except (ConfigError, TrackerError) as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -85,17 +85,20 @@ TRACKER_CONFIG_SPEC: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "lease_s": ((int, float), LEASE_S),
     "join_ack_timeout_s": ((int, float), JOIN_ACK_TIMEOUT_S),
     "max_members": (int, MAX_MEMBERS),
+    "state": (str, ""),  # file the members are kept in across restarts ("" = none)
 }
 
 
 def load_tracker_settings(config_path: str | None, *, bind: str | None = None,
-                          events: str | None = None) -> dict[str, Any]:
+                          events: str | None = None, state: str | None = None) -> dict[str, Any]:
     """The ``[tracker]`` table of ``config_path`` (defaults without one), flags overriding it."""
     settings = load_section(config_path, "tracker", TRACKER_CONFIG_SPEC)
     if bind:
         settings["bind"] = bind
     if events:
         settings["events"] = events
+    if state:
+        settings["state"] = state
     where = config_path or "defaults"
     for key in ("lease_s", "join_ack_timeout_s"):
         if not (math.isfinite(settings[key]) and settings[key] > 0):

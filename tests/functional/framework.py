@@ -96,7 +96,9 @@ class TrackerNode:
     def start(self, wait: bool = True) -> TrackerNode:
         """Start the process (again); with ``wait``, return once it listens."""
         self.endpoint = self.endpoint or f"tcp://127.0.0.1:{free_port()}"
-        args = ["tracker", "--bind", self.endpoint, "--events", self.events or LOOPBACK_ANY, *self.extra]
+        state = self.cluster.tmp_path / f"{self.name}-state.json"  # as configs/tracker.toml keeps its members
+        args = ["tracker", "--bind", self.endpoint, "--events", self.events or LOOPBACK_ANY, "--state", str(state),
+                *self.extra]
         if self.proc is None:
             self.proc = self.cluster.group.start(self.name, *args)
         else:
@@ -114,14 +116,15 @@ class TrackerNode:
         return self
 
     def kill(self) -> None:
-        """SIGKILL: the member list is lost with the process."""
+        """SIGKILL: the member list survives in its state file."""
         self.proc.kill()
 
     def stop(self) -> int:
         return self.proc.terminate()
 
     def restart(self) -> TrackerNode:
-        """Kill (if still running) and start again on the same endpoints, with an empty member list."""
+        """Kill (if still running) and start again on the same endpoints, taking its members back from its
+        state file (each with a fresh lease to renew)."""
         self.proc.kill()
         return self.start()
 

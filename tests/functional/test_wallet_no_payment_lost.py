@@ -22,9 +22,10 @@ acknowledges while payments reach its peers during its restart (cases 2 and
 behind, it refuses (case 1); a miner frozen with SIGSTOP between the coin
 lookup and the push, the user retrying through another miner, the frozen one
 waking and mining the first payment (case 4); a 2|1 partition whose isolated
-side refuses, the minority's longer chain winning at the heal (case 5).  (Not
-covered yet, a known bug: a new miner that meets a restarted tracker before the
-miners that know the chain sees no members and calls itself synced at height 0.)
+side refuses, the minority's longer chain winning at the heal (case 5); and a
+new miner that meets a restarted tracker while the miners that know the chain
+are frozen: the tracker lists them from its state file, so the new miner knows
+it has not synced and refuses (case 1 again).
 
 Miners mine ``on-demand`` (the request ``zcoin generate`` sends) where the
 test decides when blocks come, and one miner mines ``interval:0.5`` where the
@@ -285,9 +286,8 @@ def test_a_restarted_miner_refuses_a_stale_view_and_relays_what_it_acknowledges_
     assert stale.returncode == 1 and "syncing" in stale.stderr, stale
     assert alpha.status()["height"] < bravo.status()["height"], "alpha was not behind: the case did not happen"
 
-    # A tracker comes back (the other stays dead).  The user waits until the miners are whole again: a
-    # miner that meets the restarted tracker before the others calls itself synced on its own chain
-    # (see the last test).  Then alpha serves again and relays what it takes.
+    # A tracker comes back (the other stays dead) with the members it had: the miners are whole again,
+    # alpha serves again and relays what it takes.
     first_tracker.restart()
     wait_connected(miners)
     again = user.pay_until_acknowledged_by(alpha, miners)
@@ -356,3 +356,40 @@ def test_payments_through_both_sides_of_a_partition_the_isolated_side_refuses_an
         assert send.returncode == 0, send
     confirm_everything(bravo, miners)
     assert_no_payment_lost(user, miners)
+
+
+def test_a_new_miner_meeting_a_restarted_tracker_while_the_chain_is_frozen_refuses_until_synced(cluster):
+    """Case 1 with a new miner: the tracker dies and comes back while every miner that knows the chain is
+    frozen (SIGSTOP); a new miner joins it, hears of the frozen members from the tracker's state file and
+    refuses the payment (its height-0 view would spend coins already spent), then serves once they wake."""
+    config = cluster.tmp_path / "tracker.toml"
+    config.write_text("[tracker]\nlease_s = 20.0\n")  # the new miner must meet the frozen members listed
+    tracker = cluster.add_tracker(extra=("--config", str(config)))
+    miners = cluster.add_miners(["alpha", "bravo"], network_name=NETWORK, extra=ON_DEMAND)
+    alpha, bravo = miners
+    wait_connected(miners)
+    user = User(cluster)
+    assert user.pay(alpha).returncode == 0
+    confirm_everything(bravo, miners)
+    assert user.pay(bravo).returncode == 0
+
+    frozen = [alpha, bravo]
+    for miner in frozen:
+        miner.proc.proc.send_signal(signal.SIGSTOP)
+    try:
+        tracker.restart()
+        delta = cluster.add_miner("delta", network_name=NETWORK, extra=ON_DEMAND)
+        refused = user.pay(delta)
+        assert refused.returncode == 1 and "syncing" in refused.stderr, refused
+        assert delta.status()["height"] == 0 and not delta.status()["synced"]
+    finally:
+        for miner in frozen:
+            miner.proc.proc.send_signal(signal.SIGCONT)
+
+    nodes = [alpha, bravo, delta]
+    wait_connected(nodes)
+    sync_blocks(nodes)
+    served = user.pay_until_acknowledged_by(delta, nodes)
+    wait_known_everywhere([alpha, bravo], served)
+    confirm_everything(alpha, nodes)
+    assert_no_payment_lost(user, nodes)

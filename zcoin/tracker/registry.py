@@ -110,6 +110,25 @@ class MembershipRegistry:
         """The number of members (joins awaiting ACK not counted)."""
         return len(self._members)
 
+    # -- what survives a restart --
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state a restarted tracker takes back: its id, its event number and its members.
+
+        Without it a restarted tracker lists no one until the members' next heartbeats,
+        and a miner joining in that window would believe itself alone in the network.
+        """
+        return {"tracker": self.tracker_id, "seq": self.seq,
+                "members": [{"node": node, "gossip": m.gossip, "api": m.api, "token": m.token}
+                            for node, m in self._members.items()]}
+
+    def restore(self, snapshot: dict[str, Any], now: float) -> None:
+        """Take back a :meth:`snapshot`: each member gets a fresh lease from ``now`` to renew it."""
+        self.tracker_id = str(snapshot["tracker"])
+        self.seq = int(snapshot["seq"])
+        self._members = {m["node"]: _Member(m["gossip"], m["api"], m["token"], now)
+                         for m in snapshot["members"][:self.max_members]}
+
     # -- what the driver calls --
 
     def on_request(self, sender: Hashable, payload: bytes, now: float) -> Answer:

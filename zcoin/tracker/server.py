@@ -6,14 +6,21 @@ what is ready, hands each request to :class:`~zcoin.tracker.registry.MembershipR
 with the time, publishes the events the registry returns and routes its reply back
 through :class:`~zcoin.sockets.Envelope`; every tenth of a lease it lets the
 registry expire what is overdue.
+
+With a state file, the registry's members are written there (atomically, before
+the reply that acknowledges a change is sent) and taken back at start, each with a
+fresh lease: a restarted tracker lists the same network, not an empty one.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -40,7 +47,8 @@ class TrackerServer:
 
     def __init__(self, bind: str, events: str, *, lease_s: float = LEASE_S,
                  ack_timeout_s: float = JOIN_ACK_TIMEOUT_S, context: zmq.Context | None = None,
-                 advertise_events: str | None = None, max_members: int = MAX_MEMBERS) -> None:
+                 advertise_events: str | None = None, max_members: int = MAX_MEMBERS,
+                 state_path: str | Path | None = None) -> None:
         if not lease_s > 0 or not ack_timeout_s > 0 or not 0 < max_members <= MAX_MEMBERS:
             raise ValueError("lease_s and ack_timeout_s must be > 0, max_members in [1, MAX_MEMBERS]")
         self.bind = bind
@@ -56,6 +64,14 @@ class TrackerServer:
         self._context = context
         self._registry = MembershipRegistry(self.tracker_id, lease_s=self.lease_s,
                                             ack_timeout_s=self.ack_timeout_s, max_members=max_members)
+        self.state_path = Path(state_path) if state_path else None
+        if self.state_path is not None:
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.state_path is not None and self.state_path.exists():
+            self._registry.restore(_read_state(self.state_path), time.monotonic())
+            self.tracker_id = self._registry.tracker_id
+            logger.info("members taken back from the state file", members=len(self._registry),
+                        state=str(self.state_path))
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._stop_event: threading.Event | None = None
@@ -139,7 +155,9 @@ class TrackerServer:
         while not stop_event.is_set():
             now = time.monotonic()
             if now >= next_sweep:
-                _publish(pub, self._registry.expire(now))
+                events = self._registry.expire(now)
+                self._save(events)
+                _publish(pub, events)
                 next_sweep = now + sweep_every_s
             if not poller.poll(max(0.0, next_sweep - now) * 1000):
                 continue
@@ -154,6 +172,7 @@ class TrackerServer:
             answer = self._registry.on_bad_envelope(frames[0], str(exc), now)
         else:
             answer = self._registry.on_request(incoming.identity, incoming.payload, now)
+        self._save(answer.events)  # a change is on disk before its ACK leaves
         _publish(pub, answer.events)
         if answer.reply is None or incoming is None:
             return  # a banned connection is not answered
@@ -162,6 +181,36 @@ class TrackerServer:
             api.send_multipart(Envelope.reply(incoming, answer.reply), zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             logger.warning("cannot send reply", error=str(exc))
+
+    def _save(self, events: tuple[bytes, ...]) -> None:
+        """Write the members to the state file after a change (every change is an event)."""
+        if self.state_path is None or not events:
+            return
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(self._registry.snapshot(), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.state_path)
+        except OSError as exc:  # membership is renewed by heartbeats: serve on, say so
+            logger.error("cannot write the tracker state file", state=str(self.state_path), error=str(exc))
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """A state file written by :meth:`TrackerServer._save`; ``TrackerError`` saying why it cannot be used."""
+    fields = "tracker, seq and a list of members with node, gossip, api and token"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TrackerError(f"cannot use tracker state file {path}: {exc} (remove it to start with no members)") \
+            from None
+    members = state.get("members") if isinstance(state, dict) else None
+    if not (isinstance(members, list) and isinstance(state.get("tracker"), str) and isinstance(state.get("seq"), int)
+            and all(isinstance(m, dict) and all(isinstance(m.get(k), str) for k in ("node", "gossip", "api", "token"))
+                    for m in members)):
+        raise TrackerError(f"cannot use tracker state file {path}: not {fields} (remove it to start with no members)")
+    return state
 
 
 def _publish(pub: zmq.Socket, events: tuple[bytes, ...]) -> None:
@@ -174,7 +223,7 @@ def run_tracker(settings: dict[str, Any]) -> None:
     server = TrackerServer(settings["bind"], settings["events"], lease_s=settings["lease_s"],
                            ack_timeout_s=settings["join_ack_timeout_s"],
                            advertise_events=settings["advertise_events"] or None,
-                           max_members=settings["max_members"])
+                           max_members=settings["max_members"], state_path=settings["state"] or None)
     stop_event = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
