@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -9,9 +11,9 @@ from hypothesis import strategies as st
 from support.chain import NOW, PARAMS, block_on, open_chain
 from support.payments import dev_key, dev_outpoint, pay, premine_spend, spend_output
 from zcoin.consensus import errors as E
-from zcoin.consensus.primitives import OutPoint, Transaction
+from zcoin.consensus.primitives import OutPoint, Transaction, TxIn, TxOut
 from zcoin.consensus.validation import Coin
-from zcoin.mempool import Mempool, MempoolFull, MempoolReject, TxAlreadyConfirmed, TxAlreadyKnown, TxConflict
+from zcoin.mempool import Mempool, MempoolEntry, MempoolFull, MempoolReject, TxAlreadyConfirmed, TxAlreadyKnown, TxConflict
 
 
 class Node:
@@ -376,3 +378,38 @@ def test_template_and_eviction_order_after_any_pool_changes_equal_a_fresh_choice
             assert fees == sum(pool.entries[tx.txid].fee for tx in chosen)
     chosen, _ = pool.select_for_block(PARAMS.max_block_bytes)
     assert [tx.txid for tx in chosen] == _greedy_template(pool, PARAMS.max_block_bytes)
+
+
+# --- the best part of a large pool: the same template as the full order ----------------------
+
+
+def _large_pool(count: int, seed: int, children: float, child_fee_boost: int = 1) -> Mempool:
+    """``count`` unverified transfers inserted directly (as bench/bench_chain.py does), the fraction ``children``
+    of them spending a recent one; each child pays ``child_fee_boost`` times a plain fee."""
+    rng = random.Random(seed)
+    pool = Mempool(PARAMS, max_bytes=1 << 40)
+    recent: list[Transaction] = []
+    for n in range(count):
+        parent = recent[rng.randrange(len(recent))] if recent and rng.random() < children else None
+        prev = OutPoint(parent.txid, n) if parent else OutPoint(rng.randbytes(32), 0)
+        tx = Transaction(1, (TxIn(prev, bytes(64)),), (TxOut(rng.randrange(10**6, 10**9), PARAMS.dev_pubkey(0)),))
+        fee = rng.randrange(100, 100_000) * (child_fee_boost if parent else 1)
+        pool._insert(MempoolEntry(tx, fee, tx.size, next(pool._seq)))
+        recent = (recent + [tx])[-50:]
+    return pool
+
+
+@pytest.mark.parametrize("children, boost, runs_out", [(0.1, 1, False), (0.6, 1000, True)],
+                         ids=["plain", "children-outbid-parents"])
+def test_a_template_from_the_best_part_of_a_large_pool_equals_the_one_from_the_full_order(children, boost, runs_out):
+    """With children outbidding every parent, the best part is mostly children waiting for parents outside it:
+    it runs out and the full order (then kept) decides.  Either way the template is the full order's."""
+    pool = _large_pool(4000, seed=3, children=children, child_fee_boost=boost)
+    for max_bytes in (2_000, 20_000, 60_000):
+        pool._order = None
+        best = pool._best_part(max_bytes)
+        assert best is not None and len(best) < len(pool)  # the large-pool path is the one tested
+        chosen, fees = pool.select_for_block(max_bytes)
+        full = pool._select(sorted(pool.entries.values(), key=lambda e: e.sort_key), max_bytes, partial=False)
+        assert (chosen, fees) == full and chosen
+        assert (pool._order is not None) == runs_out

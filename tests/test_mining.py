@@ -40,6 +40,7 @@ from zcoin.mining import (
     MiningJob,
     MiningPool,
     _EXHAUSTED,
+    _FOUND,
     _search,
     block_from_found,
     build_template,
@@ -205,74 +206,93 @@ class _Sink:
         self.messages.append(message)
 
 
-def test_worker_search_reports_every_winning_nonce_rolls_the_time_then_gives_up() -> None:
+def test_worker_search_reports_its_first_winning_nonce_or_rolls_the_time_then_gives_up() -> None:
     slice_size, slot = 4096, 3  # a worker's share of the nonces, made small enough to spend here
-    job = job_at(1, REGTEST.genesis_time, target=1 << 250)
-    message = ("job", 5, job.header_prefix, job.target, job.time, job.time + 1)
-    generation = dataclasses.make_dataclass("Generation", [("value", int)])(5)
-    hashes, sink = [0] * (NONCE_SPACE // slice_size), _Sink()
-
-    outcome = _search(message, slot, NONCE_SPACE // slice_size, generation, hashes, sink, 1024, os.getppid())
-
-    assert outcome == _EXHAUSTED  # both times of the window spent
-    assert hashes[slot] == 2 * slice_size
     low = slot * slice_size
-    expected = [(MSG_FOUND, 5, slot, nonce, t) for t in (job.time, job.time + 1)
-                for nonce in range(low, low + slice_size) if job.meets_target(t, nonce)]
-    assert sink.messages == expected and len(expected) > 100
+    for target in (1 << 250, NEVER_TARGET):
+        job = job_at(1, REGTEST.genesis_time, target=target)
+        message = ("job", 5, job.header_prefix, job.target, job.time, job.time + 1)
+        generation = dataclasses.make_dataclass("Generation", [("value", int)])(5)
+        hashes, sink = [0] * (NONCE_SPACE // slice_size), _Sink()
+
+        outcome = _search(message, slot, NONCE_SPACE // slice_size, generation, hashes, sink, 1024, os.getppid())
+
+        wins = [(t, nonce) for t in (job.time, job.time + 1) for nonce in range(low, low + slice_size)
+                if job.meets_target(t, nonce)]
+        if target == NEVER_TARGET:
+            assert outcome == _EXHAUSTED and not wins and not sink.messages  # both times of the window spent
+            assert hashes[slot] == 2 * slice_size
+        else:
+            (t, nonce) = wins[0]
+            assert outcome == _FOUND and sink.messages == [(MSG_FOUND, 5, slot, nonce, t)]
+            assert t == job.time and hashes[slot] == nonce - low + 1
 
 
-def test_found_nonces_meet_the_target_and_wake_a_zmq_poller(pool: MiningPool) -> None:
-    job = job_at(1, REGTEST.genesis_time)
+def test_each_worker_reports_its_first_hit_then_stops_and_wakes_a_zmq_poller(pool: MiningPool) -> None:
     poller = zmq.Poller()
     poller.register(pool, zmq.POLLIN)
-    pool.submit(job)
-    results: list = []
-    deadline = time.monotonic() + DEADLINE_S
-    while len(results) < 10:
-        assert time.monotonic() < deadline
-        if dict(poller.poll(100)).get(pool.fileno()):  # pyzmq names a non-socket by its descriptor
-            results += pool.poll_results()
-    for found in results:
-        assert found.job_id == 1
-        raw = job.header_bytes(found.time, found.nonce)
-        assert int.from_bytes(sha256d(raw), "little") <= EASY_TARGET
-    assert len({(f.time, f.nonce) for f in results}) == len(results)  # no duplicates
+    for job_id in (1, 2):  # a hit ends a worker's search of its job; the next job searches again
+        job = job_at(job_id, REGTEST.genesis_time)
+        pool.submit(job)
+        results: list = []
+        deadline = time.monotonic() + DEADLINE_S
+        while len(results) < WORKERS:
+            assert time.monotonic() < deadline, f"{len(results)} results of job {job_id}"
+            if dict(poller.poll(100)).get(pool.fileno()):  # pyzmq names a non-socket by its descriptor
+                results += pool.poll_results()
+        assert sorted(f.worker for f in results) == list(range(WORKERS))
+        for found in results:
+            assert found.job_id == job_id
+            raw = job.header_bytes(found.time, found.nonce)
+            assert int.from_bytes(sha256d(raw), "little") <= EASY_TARGET
+        assert_silent(pool)
 
 
-def test_new_job_cancels_the_old_search(pool: MiningPool) -> None:
-    pool.submit(job_at(1, REGTEST.genesis_time))
-    assert all(f.job_id == 1 for f in collect(pool, lambda r: len(r) >= 5))
-
-    job_b = job_at(2, REGTEST.genesis_time + 1)
-    pool.submit(job_b)
-    # Every worker must switch: results for B come from all of them, and nothing of A after the switch.
-    results = collect(pool, lambda r: {f.worker for f in r} == set(range(WORKERS)) and len(r) >= 20)
-    assert {f.job_id for f in results} == {2}
-    assert all(job_b.meets_target(f.time, f.nonce) for f in results)
-    assert pool.switched_workers == WORKERS
-
-    pool.cancel()
-    wait_serving(pool, lambda: pool.switched_workers == WORKERS, "every worker to go idle")  # all acknowledged
+def assert_silent(pool: MiningPool) -> None:
+    """No result and no hash from any worker for a while (an observation window, not a wait for a condition)."""
     counts = pool.hash_counts()
-    observed_until = time.monotonic() + 0.3  # a window to observe silence, not a wait for a condition
+    observed_until = time.monotonic() + 0.3
     while time.monotonic() < observed_until:
         wait([pool], 0.05)
         assert pool.poll_results() == []
     assert pool.hash_counts() == counts
 
 
+def test_new_job_cancels_the_old_search(pool: MiningPool) -> None:
+    pool.submit(job_at(1, REGTEST.genesis_time, NEVER_TARGET))
+    wait_serving(pool, lambda: pool.switched_workers == WORKERS, "every worker on job 1")
+    first = pool.hash_counts()
+    wait_serving(pool, lambda: all(n > f for n, f in zip(pool.hash_counts(), first)), "every worker searching")
+
+    job_b = job_at(2, REGTEST.genesis_time + 1)
+    pool.submit(job_b)
+    # Every worker must switch: a result for B comes from each of them, and nothing of A.
+    results = collect(pool, lambda r: len(r) == WORKERS)
+    assert sorted(f.worker for f in results) == list(range(WORKERS))
+    assert {f.job_id for f in results} == {2}
+    assert all(job_b.meets_target(f.time, f.nonce) for f in results)
+    assert pool.switched_workers == WORKERS
+
+    pool.submit(job_at(3, REGTEST.genesis_time + 2, NEVER_TARGET))
+    pool.cancel()
+    wait_serving(pool, lambda: pool.switched_workers == WORKERS, "every worker to go idle")  # all acknowledged
+    assert_silent(pool)
+
+
 def test_killed_worker_is_replaced_and_mining_continues(pool: MiningPool) -> None:
-    pool.submit(job_at(1, REGTEST.genesis_time))
-    collect(pool, lambda r: any(f.worker == 0 for f in r))
+    pool.submit(job_at(1, REGTEST.genesis_time, NEVER_TARGET))
+    wait_serving(pool, lambda: pool.switched_workers == WORKERS, "every worker on job 1")
     victim = pool.pids()[0]
     os.kill(victim, signal.SIGKILL)
 
     wait_serving(pool, lambda: pool.pids()[0] not in (None, victim), "a new worker 0")
     assert pool.restarts == 1
     assert process_gone(victim)
+    counts = pool.hash_counts()
+    wait_serving(pool, lambda: pool.hash_counts()[0] > counts[0], "the new worker 0 searching the current job")
+    pool.submit(job_at(2, REGTEST.genesis_time))
     results = collect(pool, lambda r: any(f.worker == 0 for f in r))  # the new process finds nonces
-    assert {f.job_id for f in results} == {1}
+    assert {f.job_id for f in results} == {2}
     assert pool.pids()[1] is not None
 
 

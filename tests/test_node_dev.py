@@ -84,7 +84,16 @@ def test_lookups_follow_a_payment_from_the_mempool_into_a_block(cluster):
     confirmed = client.request("get_tx", txid=tx.txid, verbose=True)
     assert confirmed["state"] == "confirmed" and confirmed["height"] == 1 and confirmed["confirmations"] == 1
     assert confirmed["block"].hex() == bytes.fromhex(block_hash)[::-1].hex()
-    assert client.request("get_block", height=1)["fees"] == 1500
+    by_height = client.request("get_block", height=1, prevouts=True)
+    block = Block.parse(by_height["block"])
+    assert by_height["fees"] == 1500 and [t.txid for t in block.txs] == [block.txs[0].txid, tx.txid]
+    assert by_height["prevouts"] == [[], pending["prevouts"]]  # the coinbase spends no coin
+    assert "prevouts" not in client.request("get_block", height=1).fields  # only when asked
+    header = client.request("get_header", hash=confirmed["block"])
+    assert header["header"] == block.header.serialize() and header["height"] == 1 and header["active"]
+    assert confirmed["block_time"] == block.header.time
+    assert client.request("get_header", height=1)["header"] == header["header"]
+    assert client.request("get_header", height=7).get("header") is None
     client.request("generate", blocks=1)
     assert client.request("get_tx", txid=tx.txid)["confirmations"] == 2
     spender = client.request("get_history", pubkey=REGTEST.dev_pubkey(2))["items"]

@@ -35,6 +35,8 @@ MIN_RELAY_FEE_PER_BYTE = 0  # a local network lets free transactions through
 # Bitcoin's miner gives up filling a block after this many transactions in a row did
 # not fit while it was this close to full (it would otherwise scan the whole pool).
 MAX_CONSECUTIVE_FAILURES = 1000
+BEST_PART_SAMPLE = 2048  # pool entries sampled to estimate the fee rate a template reaches down to
+BEST_PART_MARGIN = 1000  # entries sorted beyond the estimate (children waiting for parents, a skewed sample)
 NEARLY_FULL_BYTES = 1000
 
 
@@ -77,9 +79,11 @@ class MempoolEntry:
     parents: set[bytes] = field(default_factory=set)  # in-pool txids it spends from
     children: set[bytes] = field(default_factory=set)
     neg_fee_rate: float = field(init=False, repr=False, compare=False)  # template sort key, computed once
+    txid: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.neg_fee_rate = -self.fee / self.size
+        self.txid = self.tx.txid
 
     @property
     def fee_rate(self) -> float:
@@ -325,25 +329,58 @@ class Mempool:
         return self._order
 
     def select_for_block(self, max_bytes: int) -> tuple[list[Transaction], int]:
-        """Transactions for a block of at most ``max_bytes``: best fee rate first, parents first; and their fees."""
+        """Transactions for a block of at most ``max_bytes``: best fee rate first, parents first; and their fees.
+
+        A block takes a few thousand of a pool's transactions, so without a kept
+        order (:meth:`_sorted`, which eviction also keeps) only the pool's best part
+        is sorted: the entries at or above a fee rate estimated from a sample of the
+        pool.  That part is a prefix of the full order, so the selection is the same
+        as over the full order unless it runs out, and then the full order is used.
+        """
+        if self._order is None:
+            best = self._best_part(max_bytes)
+            if best is not None:
+                chosen = self._select(best, max_bytes, partial=True)
+                if chosen is not None:
+                    return chosen
+        return self._select(self._sorted(), max_bytes, partial=False)
+
+    def _best_part(self, max_bytes: int) -> list[MempoolEntry] | None:
+        """The best entries, sorted, enough for about two blocks of ``max_bytes`` (None: take the whole pool)."""
+        entries = list(self.entries.values())
+        wanted = 2 * max_bytes * len(entries) // max(1, self.bytes) + BEST_PART_MARGIN
+        if len(entries) < 2 * wanted:
+            return None
+        sample = sorted(map(_rate_key, entries[::max(1, len(entries) // BEST_PART_SAMPLE)]))
+        threshold = sample[min(len(sample) - 1, wanted * len(sample) // len(entries))]
+        best = [e for e in entries if e.neg_fee_rate <= threshold]  # arrival order: the sort below is stable
+        best.sort(key=_rate_key)
+        return best
+
+    def _select(self, order: list[MempoolEntry], max_bytes: int,
+                partial: bool) -> tuple[list[Transaction], int] | None:
+        """The selection over ``order``; None if ``order`` is only the best ``partial`` part and ran out."""
         chosen: list[Transaction] = []
         chosen_ids: set[bytes] = set()
         fees = 0
         room = max_bytes
         ready: list = []  # heap of (sort_key, txid): children whose parents are all chosen
         entries = self.entries
-        order = self._sorted()
+        min_size = self._min_size
         position, end = 0, len(order)
         failures = 0
 
-        while room >= self._min_size:
+        while room >= min_size:
             upcoming = None
             while position < end:
                 candidate = order[position]
-                if entries.get(candidate.tx.txid) is candidate and candidate.tx.txid not in chosen_ids:
+                txid = candidate.txid
+                if entries.get(txid) is candidate and txid not in chosen_ids:
                     upcoming = candidate
                     break
                 position += 1
+            if upcoming is None and partial:
+                return None  # the rest of the pool could come next: take the full order
             if ready and (upcoming is None or ready[0][0] < upcoming.sort_key):
                 entry = entries[heapq.heappop(ready)[1]]
             elif upcoming is not None:
@@ -351,8 +388,8 @@ class Mempool:
                 position += 1
             else:
                 break
-            txid = entry.tx.txid
-            if txid in chosen_ids or not entry.parents <= chosen_ids:
+            txid = entry.txid
+            if entry.parents and (txid in chosen_ids or not entry.parents <= chosen_ids):
                 continue  # a child comes back through ``ready`` once its parents are in
             if entry.size > room:
                 failures += 1

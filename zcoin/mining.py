@@ -20,6 +20,10 @@ compared to the target as bytes, and only when its most significant byte
 worker's slice is spent, it rolls the time by one second (never past the job's
 ``max_time``) and starts the slice again; when that is spent too it reports
 the job exhausted and the node should build a template with a new extra nonce.
+A worker reports its **first hit** and stops searching that job: a found block
+ends its job (every other hit would be a sibling of the same block), and on an
+easy target (regtest) a worker that kept going would flood the node with
+thousands of useless results per block.
 
 **Switching jobs** (new tip, better template) must stop the old search within
 milliseconds.  The parent bumps a shared generation counter (a lock-free
@@ -106,11 +110,11 @@ _SHA256 = _fastest_sha256()
 
 # Worker -> pool messages: (kind, generation, worker, ...)
 MSG_SWITCHED = "switched"  # the worker now follows this generation (a job or idle)
-MSG_FOUND = "found"  # + nonce, time
+MSG_FOUND = "found"  # + nonce, time: the worker's first hit on the job, after which it stops searching it
 MSG_EXHAUSTED = "exhausted"  # its nonce slice and time window are spent
 
 # Search outcomes inside a worker.
-_CANCELLED, _EXHAUSTED, _PARENT_GONE = range(3)
+_CANCELLED, _EXHAUSTED, _PARENT_GONE, _FOUND = range(4)
 
 
 # --- templates and jobs -------------------------------------------------------------
@@ -257,7 +261,7 @@ def _worker_main(slot: int, size: int, generation: Any, hashes: Any, jobs: Conne
                 return
             if outcome == _EXHAUSTED:
                 results.send((MSG_EXHAUSTED, job[1], slot))
-            job = None  # cancelled (the next message follows the bump) or spent: wait for a message
+            job = None  # cancelled (the next message follows the bump), found or spent: wait for a message
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return  # the pool is gone
 
@@ -284,7 +288,9 @@ def _search(job: tuple, slot: int, size: int, generation: Any, hashes: Any, resu
                 digest = sha256(h.digest()).digest()
                 # Little-endian number: digest[31] is its top byte; most hashes fail on it alone.
                 if digest[31] <= top and digest[::-1] <= target_be:
+                    hashes[slot] += nonce + 1 - start  # counted before the pool can hear of the hit
                     send((MSG_FOUND, gen, slot, nonce, header_time))
+                    return _FOUND
             hashes[slot] += end - start
             if generation.value != gen:
                 return _CANCELLED

@@ -26,8 +26,8 @@ MAX_REPLY_BYTES = 3 * 1024 * 1024  # under wire.MAX_MESSAGE_BYTES with room for 
 MAX_UTXOS_PER_REPLY = 100_000
 
 API_REQUESTS = frozenset({"status", "push_tx", "submit_block", "get_tip", "get_headers", "get_blocks", "get_block",
-                          "get_mempool", "get_txs", "get_utxos", "get_tx", "admin", "generate", "get_mempool_info",
-                          "get_history"})
+                          "get_header", "get_mempool", "get_txs", "get_utxos", "get_tx", "admin", "generate",
+                          "get_mempool_info", "get_history"})
 FEE_RATE_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)  # base units per byte, lower bounds
 
 
@@ -139,27 +139,41 @@ class NodeApi:
             size += len(raw)
         return wire.encode("blocks", blocks=blocks)
 
+    def _entry(self, msg: wire.Message):
+        """The index entry a request names by ``hash`` or by active-chain ``height`` (None: unknown)."""
+        chain = self.core.chain
+        if msg.get("hash") is not None:
+            return chain.index.get(msg["hash"])
+        return chain.entry_at(msg["height"]) if msg.get("height") is not None else None
+
+    def on_get_header(self, msg: wire.Message) -> bytes:
+        entry, chain = self._entry(msg), self.core.chain
+        if entry is None:
+            return wire.encode("header")
+        return wire.encode("header", header=entry.header.serialize(), height=entry.height,
+                           active=chain.in_active_chain(entry.hash), tip_height=chain.height)
+
     def on_get_block(self, msg: wire.Message) -> bytes:
         core = self.core
         chain = core.chain
-        block_hash = msg.get("hash")
-        if block_hash is None and msg.get("height") is not None:
-            entry = chain.entry_at(msg["height"])
-            block_hash = entry.hash if entry else None
-        entry = chain.index.get(block_hash) if block_hash else None
-        raw = core.store.get_block_raw(block_hash) if entry is not None else None
+        entry = self._entry(msg)
+        raw = core.store.get_block_raw(entry.hash) if entry is not None else None
         if raw is None:
             return wire.encode("block")
-        active = chain.in_active_chain(block_hash)
-        diff = core.store.get_undo(block_hash) if active else None
-        fees = None
+        active = chain.in_active_chain(entry.hash)
+        diff = core.store.get_undo(entry.hash) if active else None
+        fees = prevouts = None
         if diff is not None:
             block = Block.parse(raw)
             coins = spent_coins(block, diff)
             fees = sum(coins[i.prev][0] for tx in block.txs[1:] for i in tx.inputs) \
                 - sum(o.amount for tx in block.txs[1:] for o in tx.outputs)
+            if msg.get("prevouts"):
+                prevouts = [[] if tx.is_coinbase else
+                             [{"amount": coins[i.prev][0], "pubkey": coins[i.prev][1]} for i in tx.inputs]
+                             for tx in block.txs]
         return wire.encode("block", block=raw, height=entry.height, active=active, tip_height=chain.height,
-                           fees=fees)
+                           fees=fees, prevouts=prevouts)
 
     def on_get_mempool(self, msg: wire.Message) -> bytes:
         return wire.encode("mempool", txids=[tx.txid for tx in self.core.mempool.txs()[:wire.MAX_MEMPOOL_IDS]],
@@ -206,7 +220,8 @@ class NodeApi:
             if conflict is not None:
                 return wire.encode("tx_status", state="conflicted", conflict=conflict[::-1].hex())
             return wire.encode("tx_status", state="unknown")
-        confirmed = {"height": height, "block": block_hash, "confirmations": core.chain.height - height + 1}
+        confirmed = {"height": height, "block": block_hash, "confirmations": core.chain.height - height + 1,
+                     "block_time": core.chain.index[block_hash].header.time}
         if not verbose:
             return wire.encode("tx_status", state="confirmed", **confirmed)
         block = core.store.get_block(block_hash)

@@ -35,7 +35,7 @@ from loguru import logger
 from zcoin import wire
 from zcoin.wire import GOSSIP_TYPES, TOPIC_BLOCK, TOPIC_TX
 from zcoin.chain import Chain
-from zcoin.config import NodeConfig
+from zcoin.config import MEMPOOL_SAVE_INTERVAL_S, NodeConfig
 from zcoin.consensus import errors as E
 from zcoin.consensus.crypto import sha256d
 from zcoin.consensus.primitives import Block, Transaction
@@ -127,6 +127,7 @@ class NodeCore:
         self.seq = 0
         self.mining = MiningControl(self)
         self.unsaved: list[tuple[bytes, bytes]] = []  # accepted transactions not yet on disk
+        self._saved_at = 0.0
         self._outbox: list[tuple[Any, bytes]] = []  # api replies, sent once what they acknowledge is on disk
         self._api_table = handler_table(API_REQUESTS, self.api)
         self._reply_table = handler_table(REPLY_TYPES.values(), self, self.download, self.relay)
@@ -165,11 +166,20 @@ class NodeCore:
         if len(self.mempool) or gone:
             self.log.info("mempool restored", txs=len(self.mempool), dropped=len(gone))
 
-    def flush(self) -> None:
-        """Write accepted transactions to disk, then send the replies that acknowledge them."""
-        if self.unsaved:
+    def flush(self, *, everything: bool = False) -> None:
+        """Write accepted transactions to disk, then send the replies that acknowledge them.
+
+        Before any reply goes out, every transaction the node holds is on disk (so
+        whatever a reply acknowledges survives ``kill -9``).  Transactions that only
+        came from peers wait for the next reply or at most ``MEMPOOL_SAVE_INTERVAL_S``:
+        no one was told the node has them, its peers still do, and relay repair
+        brings them back after a crash; so one commit (one fsync) covers many.
+        """
+        now = self.clock.monotonic()
+        if self.unsaved and (everything or self._outbox or now - self._saved_at >= MEMPOOL_SAVE_INTERVAL_S):
             self.store.save_mempool_txs(self.unsaved)
             self.unsaved.clear()
+            self._saved_at = now
         outbox, self._outbox = self._outbox, []
         for route, payload in outbox:
             self.transport.reply(route, payload)
@@ -179,7 +189,7 @@ class NodeCore:
         if self.store is None:
             return
         try:
-            self.flush()
+            self.flush(everything=True)
         except sqlite3.Error as exc:  # the store failed: the rest must still be shut down
             self.log.error("could not save the mempool", error=str(exc))
         for peer in list(self.peers.values()):
@@ -388,8 +398,11 @@ class NodeCore:
             return
         dropped = self.mempool.update_for_chain(update.connected, update.disconnected, self.store,
                                                 self.chain.height)
-        self.store.forget_mempool_txs([tx.txid for block in update.connected for tx in block.txs[1:]]
-                                      + [tx.txid for tx in dropped])
+        gone = [tx.txid for block in update.connected for tx in block.txs[1:]] + [tx.txid for tx in dropped]
+        self.store.forget_mempool_txs(gone)
+        if self.unsaved:
+            gone_set = set(gone)
+            self.unsaved = [(txid, raw) for txid, raw in self.unsaved if txid not in gone_set]
         self.relay.note_dropped(update.connected, dropped)
         for block in update.connected:  # orphans whose parent a block confirmed can come in now
             for tx in block.txs[1:]:

@@ -105,8 +105,8 @@ class MiningControl:
     def blocks_found(self, found: list) -> list[Block]:
         """The block the pool found for the job being searched, if any: one ends the job.
 
-        (A worker reports every hit until its job changes; on an easy target that is many
-        siblings of one block, and only the first one counts.)
+        (Each worker reports its first hit on a job; with several workers, only the first
+        hit counts, the others would be siblings of the same block.)
         """
         from zcoin.mining import block_from_found
 

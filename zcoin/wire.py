@@ -279,10 +279,15 @@ register("get_headers", locator=List(HASH, max_len=64))
 register("headers", headers=List(Bytes(size=80), max_len=MAX_HEADERS_PER_REPLY))
 register("get_blocks", hashes=List(HASH, max_len=MAX_BLOCKS_PER_REQUEST))
 register("blocks", blocks=List(Bytes(), max_len=MAX_BLOCKS_PER_REQUEST))
-register("get_block", hash=Opt(HASH), height=Opt(Int()))
-# ``active``: on the active chain (confirmations = tip_height - height + 1); ``fees``: from its undo data.
+PREVOUT = Map({"amount": Int(hi=MAX_AMOUNT), "pubkey": Bytes(size=32)})
+# ``prevouts``: with the coins every transaction spends (as ``get_tx`` verbose gives them for one).
+register("get_block", hash=Opt(HASH), height=Opt(Int()), prevouts=Opt(Bool()))
+# ``active``: on the active chain (confirmations = tip_height - height + 1); ``fees``: from its undo data;
+# ``prevouts``: per transaction in order, the coins its inputs spend (empty for the coinbase).
 register("block", block=Opt(Bytes()), height=Opt(Int()), active=Opt(Bool()), tip_height=Opt(Int()),
-         fees=Opt(Int(lo=0, hi=MAX_AMOUNT)))
+         fees=Opt(Int(lo=0, hi=MAX_AMOUNT)), prevouts=Opt(List(List(PREVOUT, max_len=100_000), max_len=100_000)))
+register("get_header", hash=Opt(HASH), height=Opt(Int()))  # a block's 80 bytes, without its body
+register("header", header=Opt(Bytes(size=80)), height=Opt(Int()), active=Opt(Bool()), tip_height=Opt(Int()))
 register("get_mempool")
 register("mempool", txids=List(HASH, max_len=MAX_MEMPOOL_IDS), epoch=Opt(Int()), seq=Opt(Int()))
 register("get_txs", txids=List(HASH, max_len=MAX_TXS_PER_REQUEST))
@@ -294,12 +299,11 @@ register("submit_block", block=Bytes())
 register("block_result", accepted=Bool(), hash=Str(64), height=Opt(Int()), reason=Opt(Str(512)),
               code=Opt(Str(64)))
 register("get_tx", txid=HASH, verbose=Opt(Bool()))  # verbose: with the raw tx and its prevouts
-# state: "mempool", "confirmed" (height, block, confirmations), "conflicted" (by ``conflict``: a confirmed
+# state: "mempool", "confirmed" (height, block, its header time, confirmations), "conflicted" (by ``conflict``: a confirmed
 # transaction spent the same coins) or "unknown"; when asked verbose, with the raw
 # transaction and, per input in order, the coin it spends (absent when any is unknown, and for a coinbase).
 register("tx_status", state=Str(16), height=Opt(Int()), conflict=Opt(Str(64)), block=Opt(HASH), confirmations=Opt(Int()),
-         tx=Opt(Bytes(1_000_000)), prevouts=Opt(List(Map({"amount": Int(hi=MAX_AMOUNT), "pubkey": Bytes(size=32)}),
-                                                    max_len=100_000)))
+         block_time=Opt(Int()), tx=Opt(Bytes(1_000_000)), prevouts=Opt(List(PREVOUT, max_len=100_000)))
 register("get_mempool_info")
 # histogram: fee-rate buckets (base units per byte, lower bound inclusive), highest first.
 register("mempool_info", count=Int(), bytes=Int(), fees=Int(), min_fee_rate=Float(), max_bytes=Int(),

@@ -13,11 +13,13 @@ All hashes are bytes in internal order; display order (as explorers show) is rev
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from coincurve import PrivateKey, PublicKeyXOnly
 
 _sha256 = hashlib.sha256
+PARSED_KEYS_CACHED = 16_384  # wallets reuse their keys: parsing one costs a quarter of a verify
 
 
 def sha256d(data: bytes) -> bytes:
@@ -97,8 +99,14 @@ def schnorr_verify(msg32: bytes, pubkey32: bytes, sig64: bytes) -> bool:
         raise ValueError("public key must be 32 bytes")
     if len(sig64) != 64:
         raise ValueError("signature must be 64 bytes")
+    key = _parsed_key(pubkey32)
+    return key is not None and key.verify(sig64, msg32)
+
+
+@functools.lru_cache(maxsize=PARSED_KEYS_CACHED)
+def _parsed_key(pubkey32: bytes) -> PublicKeyXOnly | None:
+    """The parsed key, or None if ``pubkey32`` is not an x coordinate on the curve (no signature is valid)."""
     try:
-        key = PublicKeyXOnly(pubkey32)
+        return PublicKeyXOnly(pubkey32)
     except ValueError:
-        return False  # not an x coordinate on the curve: no signature can be valid
-    return key.verify(sig64, msg32)
+        return None
