@@ -39,6 +39,8 @@ PLACES = {
     "zcoin.sockets": "driver", "zcoin.node": "driver", "zcoin.memnet": "driver", "zcoin.client": "driver",
     "zcoin.payments": "driver",
     "zcoin.tracker.server": "driver", "zcoin.tracker.agent": "driver", "zcoin.tracker.lookup": "driver",
+    "zcoin.explorer": "driver", "zcoin.explorer.cluster": "driver", "zcoin.explorer.api": "driver",
+    "zcoin.explorer.metrics": "driver", "zcoin.explorer.events": "driver",
     "zcoin.cli": "entry", "zcoin.cli_dev": "entry", "zcoin.bench": "entry", "zcoin.log": "entry",
 }
 NO_CLOCK_OR_SOCKETS = frozenset({"zmq", "socket", "time", "threading", "asyncio", "select", "selectors"})

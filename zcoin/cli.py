@@ -528,6 +528,50 @@ def bench_command(what: str, workers: int | None, seconds: float, as_json: bool)
             click.echo(f"{key:32} {value}")
 
 
+def _host_port(bind: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as the explorer binds it; a usage error otherwise."""
+    host, _, port = bind.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise click.BadParameter(f"{bind!r} is not HOST:PORT (port 0-65535; 0 = any free port)", param_hint="--bind")
+    return host, int(port)
+
+
+@cli.command("explorer")
+@click.option("--node", "nodes", metavar="ENDPOINT", multiple=True,
+              help="A miner's api endpoint; repeat for several (asked in this order, the first that is up first).")
+@click.option("--tracker", "trackers", metavar="ENDPOINT", multiple=True,
+              help="A tracker whose members are shown and asked too; repeat for several.")
+@click.option("--bind", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",
+              help="Where the page and the HTTP API listen (port 0: any free port).")
+def explorer_command(nodes: tuple[str, ...], trackers: tuple[str, ...], bind: str) -> None:
+    """Serve a live page of the cluster, an HTTP API in esplora's shapes and Prometheus metrics.
+
+    A client of the cluster (it joins nothing): it asks the nodes' api, listens
+    to their gossip and serves http://HOST:PORT/ (the page), /api/... (esplora's
+    REST API, /api/cluster, /api/events: Server-Sent Events) and /metrics.  It
+    logs "explorer listening on http://HOST:PORT" once serving, and runs until
+    SIGTERM or SIGINT.
+
+    \b
+    Example:
+      zcoin explorer --node tcp://127.0.0.1:9101 --node tcp://127.0.0.1:9102 \\
+                     --tracker tcp://127.0.0.1:9000 --bind 127.0.0.1:8080
+    """
+    from zcoin.client import BadEndpoint
+    from zcoin.explorer.api import ExplorerError, run_explorer
+
+    host, port = _host_port(bind)
+    if not nodes and not trackers:
+        raise click.UsageError("give at least one --node or --tracker")
+    try:
+        run_explorer(list(nodes), list(trackers), host, port)
+    except BadEndpoint as exc:  # a malformed endpoint is bad usage, as for every other command
+        raise click.BadParameter(str(exc), param_hint="--node/--tracker") from None
+    except ExplorerError as exc:
+        _fail(str(exc))
+
+
 from zcoin import cli_dev  # noqa: E402,F401  (registers the developer commands: generate, faucet, block, ...)
 
 
