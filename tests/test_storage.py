@@ -30,11 +30,13 @@ from support.waiting import wait_until
 from zcoin.chain import Chain
 from zcoin.consensus.params import LOCAL
 from zcoin.consensus.pow import block_work
+from zcoin.consensus.primitives import OutPoint
 from zcoin.consensus.validation import Coin, UtxoDiff, connect_block
 from zcoin.storage import ChainStore, StoreError
 
 CRASH_WRITER = Path(__file__).with_name("crash_writer.py")
 CRASH_KILLS = 20
+HELD_BLOCKS = 5  # blocks a holding crash writer connects before it waits for the kill
 CHILD_START_DEADLINE_S = 15.0
 
 
@@ -212,27 +214,29 @@ def test_connect_of_a_block_not_on_the_tip_changes_nothing(tmp_path):
     store.close()
 
 
-def test_failed_connect_rolls_back_every_table(tmp_path):
+def test_failed_connect_rolls_back_every_table_and_the_cache(tmp_path):
     builder = _chain_with_transactions(2)
     store, chain = open_chain(tmp_path / "chain.sqlite")
     add_all(chain, builder.blocks[:2])
     block = builder.blocks[2]
     store.put_block(block, 2, chain.tip.chain_work + 1)
     good = connect_block(block, 2, store, PARAMS)
-    spent = {op for op, _ in good.spent}
-    existing = next(item for item in store.utxo_snapshot().items() if item[0] not in spent)
-    # The spends are applied first; the duplicate created coin then violates the primary key.
-    broken = UtxoDiff(good.spent, good.created + (existing,))
+    missing = (OutPoint(bytes(32), 7), Coin(1, PARAMS.dev_pubkey(0), 1, False))
+    # The good spends are applied first; the coin that is in no UTXO set then stops the connect.
+    broken = UtxoDiff(good.spent + (missing,), good.created)
     before = store.utxo_snapshot()
 
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(StoreError, match="not in the UTXO set"):
         store.connect(block, 2, broken)
     assert store.utxo_snapshot() == before
+    assert all(store.get_coin(op) == coin for op, coin in good.spent)
     assert store.tip_hash() == builder.blocks[1].hash
     assert store.hash_at(2) is None
+    assert all(store.tx_height(tx.txid) is None for tx in block.txs)
     assert store.db.execute("SELECT undo FROM blocks WHERE hash = ?", (block.hash,)).fetchone()[0] is None
 
     store.connect(block, 2, good)  # the store is still usable
+    store.flush()  # the helper counts the tx_index table itself
     assert_store_consistent(store)
     store.close()
 
@@ -257,6 +261,7 @@ def test_restart_finishes_a_reorg_cut_short_by_a_crash(tmp_path):
     store, chain = open_chain(path)
     assert chain.tip.hash == side.tip.hash
     assert store.utxo_snapshot() == side.coins()
+    store.flush()  # the helper counts the tx_index table itself
     assert_store_consistent(store)
     store.close()
 
@@ -290,14 +295,15 @@ class _ForkServer:
 class _Child:
     """One crash writer, forked by the server, its output lines in a file (so waits have deadlines)."""
 
-    def __init__(self, server: _ForkServer, path: Path, output: Path) -> None:
+    def __init__(self, server: _ForkServer, path: Path, output: Path, hold_after: int | None = None) -> None:
         self.server = server
         self.output = output
-        self.pid = int(server.ask(f"start {path} {output}").split()[1])
+        command = f"start {path} {output}" + ("" if hold_after is None else f" {hold_after}")
+        self.pid = int(server.ask(command).split()[1])
         self.read = 0  # output lines already handed out
         self.returncode: int | None = None
 
-    def _lines(self) -> list[str]:
+    def lines(self) -> list[str]:
         text = self.output.read_text() if self.output.exists() else ""
         if "Traceback" in text:
             raise AssertionError(f"the child failed:\n{text}")
@@ -306,7 +312,7 @@ class _Child:
     def wait_for_line(self, prefix: str, deadline_s: float) -> str:
         """The first output line starting with ``prefix``; fail at the deadline or if the child fails first."""
         def printed() -> str | None:
-            lines = self._lines()
+            lines = self.lines()
             found = next((i for i in range(self.read, len(lines)) if lines[i].startswith(prefix)), None)
             if found is None:
                 return None
@@ -320,7 +326,7 @@ class _Child:
         """SIGKILL the child; return the output lines not read yet."""
         os.kill(self.pid, signal.SIGKILL)
         self.returncode = int(self.server.ask(f"reap {self.pid}").split()[1])
-        return self._lines()[self.read:]
+        return self.lines()[self.read:]
 
 
 def test_store_survives_sigkill_at_random_moments(tmp_path):
@@ -362,6 +368,56 @@ def test_store_survives_sigkill_at_random_moments(tmp_path):
     store.close()
 
 
+def _tables(path: Path) -> dict:
+    """The rows that make a store's state, read from its file: tip, UTXO set, indexes, active undo data."""
+    db = sqlite3.connect(path)
+    try:
+        return {
+            "meta": dict(db.execute("SELECT key, value FROM meta WHERE key IN ('tip', 'flushed_tip')")),
+            "active": db.execute("SELECT height, hash FROM active ORDER BY height").fetchall(),
+            "utxo": db.execute("SELECT * FROM utxo ORDER BY txid, idx").fetchall(),
+            "tx_index": db.execute("SELECT * FROM tx_index ORDER BY txid").fetchall(),
+            "address_index": db.execute("SELECT * FROM address_index ORDER BY pubkey, height, pos").fetchall(),
+            "undo": db.execute("SELECT a.height, b.undo FROM active a JOIN blocks b ON a.hash = b.hash "
+                               "ORDER BY a.height").fetchall(),
+        }
+    finally:
+        db.close()
+
+
+def test_kill_between_block_connects_and_the_cache_flush_reopens_as_a_store_that_never_crashed(tmp_path):
+    path = tmp_path / "chain.sqlite"
+    server = _ForkServer()
+    try:
+        child = _Child(server, path, tmp_path / "writer.out", hold_after=HELD_BLOCKS)
+        try:
+            child.wait_for_line("holding ", CHILD_START_DEADLINE_S)
+        finally:
+            rest = child.kill()
+    finally:
+        server.close()
+    acknowledged = [bytes.fromhex(line.split()[2])[::-1] for line in child.lines() if line.startswith("connected ")]
+    assert child.returncode == -signal.SIGKILL and len(acknowledged) == HELD_BLOCKS, rest
+    # Killed with every block committed and none of their state flushed: the tables are still genesis's.
+    crashed = _tables(path)  # (reading folds the write-ahead log into the file; its content stays the same)
+    assert crashed["meta"] == {"tip": acknowledged[-1], "flushed_tip": PARAMS.genesis_hash}
+
+    store = ChainStore(path, PARAMS)  # replays the blocks after the last flush
+    blocks = [store.get_block(block_hash) for block_hash in active_hashes(store)[1:]]
+    assert [block.hash for block in blocks] == acknowledged
+    reference, chain = open_chain(tmp_path / "reference.sqlite")
+    add_all(chain, blocks)
+    keys = {out.pubkey for block in blocks for tx in block.txs for out in tx.outputs}
+    assert store.tip_hash() == reference.tip_hash() == acknowledged[-1]
+    assert store.utxo_snapshot() == reference.utxo_snapshot()
+    assert all(store.tx_height(tx.txid) == reference.tx_height(tx.txid) for block in blocks for tx in block.txs)
+    assert all(store.history_of(key) == reference.history_of(key) for key in keys)
+    assert all(store.get_undo(block.hash) == reference.get_undo(block.hash) for block in blocks)
+    store.close()
+    reference.close()
+    assert _tables(path) == _tables(tmp_path / "reference.sqlite")
+
+
 def _all_history(store: ChainStore) -> list[tuple]:
     return store.db.execute("SELECT * FROM address_index ORDER BY pubkey, height, pos").fetchall()
 
@@ -380,6 +436,7 @@ def test_address_index_is_kept_per_block_in_chain_order_undone_on_disconnect_and
     assert history[1][2] == sum(o.amount for o in parent.outputs) and history[2][3] == parent.outputs[0].amount
     assert [h[:2] for h in store.history_of(PARAMS.dev_pubkey(2))][-1] == (child.txid, 1)
 
+    store.flush()
     before = _all_history(store)
     store.db.execute("DELETE FROM address_index")  # a store written before the index existed
     store.db.execute("DELETE FROM meta WHERE key = 'address_index'")

@@ -7,7 +7,9 @@ received and found valid; on equal work the first seen stays.  Reaching it
 means disconnecting blocks down to the fork point with their undo data and
 connecting the new branch, each step one SQL transaction in
 :class:`~zcoin.storage.ChainStore`, so a crash at any point leaves a
-consistent chain that the next start carries on from.
+consistent chain that the next start carries on from.  Blocks are checked
+against the store's UTXO view, which is its memory cache over the disk
+(flushed in batches; see :mod:`zcoin.storage`).
 
 Blocks arrive in any order.  A block whose parent is unknown waits in the
 :class:`OrphanPool` (bounded in count and bytes, oldest evicted) and the

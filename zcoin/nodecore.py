@@ -431,8 +431,9 @@ class NodeCore:
     # --- timers and mining ----------------------------------------------------------------------
 
     def on_timer(self) -> None:
-        """Run what is due: tip rounds, stalls, the synced decision, fetches, the mempool, mining."""
+        """Run what is due: tip rounds, stalls, the synced decision, fetches, the mempool, mining, the store's flush."""
         now = self.clock.monotonic()
+        self.store.flush_if_due(now)
         self.download.on_timer(now)
         if self.synced:
             for peer in self.peers.values():

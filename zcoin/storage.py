@@ -1,22 +1,48 @@
-"""The chain on disk: one SQLite file per node (stdlib ``sqlite3``, WAL).
+"""The chain on disk: one SQLite file per node (stdlib ``sqlite3``, WAL), with a state cache in memory.
 
 Tables:
 
-- ``meta``: schema version, network name, genesis hash and the tip;
+- ``meta``: schema version, network name, genesis hash, the tip, and ``flushed_tip``
+  (the block whose state the ``utxo``, ``tx_index`` and ``address_index`` tables hold);
 - ``blocks``: the block index (hash, parent, height, cumulative work, status,
   the 80-byte header) with the body and undo data once known;
 - ``active``: height -> hash of the active chain;
-- ``utxo``: the unspent outputs of the active chain (indexed by key for wallets);
+- ``utxo``: the unspent outputs (indexed by key for wallets);
 - ``tx_index``: txid -> height of every transaction on the active chain;
 - ``address_index``: per key, every active-chain transaction that paid it or spent
   its coins (amounts received and spent), for wallet histories and explorers;
 - ``mempool``: the transactions the node has acknowledged and not yet seen
   confirmed, in arrival order, so that a crash loses none of them.
 
-Connecting or disconnecting a block is one SQL transaction that moves the tip,
-the UTXO set, the undo data and the indexes together, and the database runs
-with ``synchronous=FULL``: a node killed at any instant (``kill -9``) reopens
-on a block boundary with a UTXO set that matches its tip.
+As in Bitcoin Core (``CCoinsViewCache``, ``-dbcache``), a block is written at once and
+the state it changes in batches.  Per block, one SQL transaction: the body, the undo
+data (the coins it spent and created), the ``active`` row and the tip.  In memory
+(:class:`StateCache`): the coins created and spent since the last flush (one created
+and spent in between never reaches the disk), coins lately read, and the new
+``tx_index`` and ``address_index`` rows.  Per flush, one SQL transaction: all that,
+sorted by key, and ``flushed_tip``.  The cache is flushed when it holds
+``max_cache_entries`` entries, every ``flush_every_blocks`` blocks, when the node's
+timer finds ``FLUSH_INTERVAL_S`` passed (:meth:`ChainStore.flush_if_due`), on close,
+and before a disconnect, which then takes its block out of the tables themselves:
+reorgs are rare, and ``flushed_tip`` so never leaves the active chain.
+
+Recovery, as Core's ``ReplayBlocks``: opening the store connects the active blocks
+after ``flushed_tip`` to the cache again from their bodies and undo data (checked when
+first connected: nothing is verified again), then flushes; a rolled-back SQL
+transaction rebuilds the cache the same way, since it may hold what the disk lost.
+
+What survives what: commits run with ``synchronous=NORMAL`` by default.  A process
+killed at any instant (``kill -9``) keeps every committed block (the write-ahead log
+is in the kernel's hands) and reopens on that tip.  A power loss may lose the last
+commits, never the file's consistency: the node reopens on an earlier tip and peers
+send the rest.  :meth:`ChainStore.save_mempool_txs` commits with ``FULL`` (fsynced
+before the node acknowledges), so acknowledged transactions survive a power loss too.
+``synchronous="FULL"`` fsyncs every block as well; ``"OFF"`` is for tests.
+
+Every read answers for the tip, never for a stale disk: coins, histories and tx
+heights through the cache, blocks and undo data from the tables.  A file has one
+owner at a time (as Core's data directory lock says): another store opened on it
+meanwhile would not see the first one's cache.
 
 This module stores; it does not judge.  The rules are in ``zcoin.consensus`` and
 the decisions about which chain to follow in ``zcoin.chain``.
@@ -35,12 +61,23 @@ from zcoin.consensus.pow import block_work
 from zcoin.consensus.primitives import Block, BlockHeader, OutPoint
 from zcoin.consensus.validation import Coin, UtxoDiff, genesis_diff
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the state tables may lag the tip (``flushed_tip``); a version 1 store is upgraded
 
 # Block status, in the order a block moves through them.
 HEADER_ONLY = 1  # header checked, body not yet received
 HAVE_DATA = 2  # body stored, not (yet) connected or no longer connected
 INVALID = 9  # failed a rule; never connected again
+
+# The cache's bounds.  An entry (a coin or an index row) costs some 190 bytes of Python objects
+# (measured), so the default holds about 40 MB; the block bound keeps the replay at the next start
+# short (bodies and undo data, no signatures), the time bound keeps an idle node's tables recent.
+MAX_CACHE_ENTRIES = 200_000
+FLUSH_EVERY_BLOCKS = 2_000
+FLUSH_INTERVAL_S = 600.0
+DEFAULT_SYNCHRONOUS = "NORMAL"  # survives kill -9; see the module docstring
+# A checkpoint copies the write-ahead log into the file and fsyncs both, in the committing thread;
+# at SQLite's default (1000 pages) that came every hundred-odd blocks, a tenth of replay's wall time.
+WAL_CHECKPOINT_PAGES = 10_000
 
 # quick_check reads the whole file (seconds on a large chain), so it runs only on a store left open
 # by a crash, where a half-written page is likeliest; damage is then reported at open rather than as a
@@ -80,7 +117,7 @@ CREATE TABLE IF NOT EXISTS address_index (
     spent INTEGER NOT NULL,
     PRIMARY KEY (pubkey, height, pos)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS address_index_by_height ON address_index (height);
+DROP INDEX IF EXISTS address_index_by_height;
 CREATE TABLE IF NOT EXISTS mempool (seq INTEGER PRIMARY KEY AUTOINCREMENT, txid BLOB UNIQUE NOT NULL, raw BLOB NOT NULL);
 """
 
@@ -135,12 +172,116 @@ def _unpack_diff(raw: bytes) -> UtxoDiff:
     return UtxoDiff(items(spent), items(created))
 
 
-class ChainStore:
-    """A node's SQLite chain file (see the module docstring)."""
+def _coin_rows(items) -> list[tuple]:
+    """``utxo`` rows of ``(outpoint, coin)`` pairs, in key order (neighbouring b-tree pages)."""
+    return sorted((op.txid, op.index, c.amount, c.pubkey, c.height, int(c.coinbase)) for op, c in items)
 
-    def __init__(self, path: str | Path, params: ChainParams, *, synchronous: str = "FULL") -> None:
+
+def _address_rows(block: Block, height: int, diff: UtxoDiff) -> list[tuple]:
+    """``address_index`` rows of a connected block: per (key, transaction), what it received and spent.
+
+    Computed from the block itself (a coin created and spent in the same block is in no diff).
+    """
+    coins = {(op.txid, op.index): (coin.pubkey, coin.amount) for op, coin in diff.spent}
+    totals: dict[tuple[bytes, int], list] = {}  # (key, position in the block) -> [txid, received, spent]
+    for pos, tx in enumerate(block.txs):
+        txid = tx.txid
+        for index, out in enumerate(tx.outputs):
+            coins[txid, index] = (out.pubkey, out.amount)
+            totals.setdefault((out.pubkey, pos), [txid, 0, 0])[1] += out.amount
+        if pos:  # the first is the coinbase, which spends nothing
+            for txin in tx.inputs:
+                pubkey, amount = coins[txin.prev.txid, txin.prev.index]
+                totals.setdefault((pubkey, pos), [txid, 0, 0])[2] += amount
+    return [(pubkey, height, pos, txid, received, spent) for (pubkey, pos), (txid, received, spent) in totals.items()]
+
+
+class StateCache:
+    """What the blocks connected since the last flush did, held in memory over the tables.
+
+    Coins, as Core's ``CCoinsViewCache``: ``fresh`` ones were created since the flush and
+    are not on disk, so spending one just forgets it; ``spent`` ones are on disk and are
+    deleted at the flush; ``clean`` keeps what the disk answered (a block reads each coin it
+    spends twice, and a mempool reads it first).  Indexes: the height of every transaction
+    connected, and the address-index rows.  The store's reads join all this with the
+    tables; :meth:`flush` writes it, and ``best`` as ``flushed_tip``, in the caller's SQL
+    transaction.
+    """
+
+    def __init__(self, db: sqlite3.Connection, best: bytes, max_entries: int, max_blocks: int) -> None:
+        self.db = db
+        self.best = best  # the block whose state this is
+        self.max_entries = max_entries
+        self.max_blocks = max_blocks
+        self.blocks = 0  # blocks applied since the last flush
+        self.fresh: dict[OutPoint, Coin] = {}
+        self.spent: set[OutPoint] = set()
+        self.clean: dict[OutPoint, Coin | None] = {}
+        self.tx_heights: dict[bytes, int] = {}
+        self.history: list[tuple] = []  # address_index rows
+
+    @property
+    def full(self) -> bool:
+        """Time to flush: too many entries, or too many blocks to replay after a crash."""
+        entries = len(self.fresh) + len(self.spent) + len(self.clean) + len(self.tx_heights) + len(self.history)
+        return entries > self.max_entries or self.blocks >= self.max_blocks
+
+    def get_coin(self, outpoint: OutPoint) -> Coin | None:
+        """The unspent coin at ``outpoint``, or None (a ``UtxoView``)."""
+        coin = self.fresh.get(outpoint)
+        if coin is not None or outpoint in self.spent:
+            return coin
+        try:
+            return self.clean[outpoint]
+        except KeyError:
+            if len(self.clean) >= self.max_entries:  # reads alone fill it too; what they kept costs no write
+                self.clean.clear()
+            row = self.db.execute("SELECT amount, pubkey, height, coinbase FROM utxo WHERE txid = ? AND idx = ?",
+                                  (outpoint.txid, outpoint.index)).fetchone()
+            coin = self.clean[outpoint] = Coin(row[0], row[1], row[2], bool(row[3])) if row else None
+            return coin
+
+    def apply(self, block: Block, height: int, diff: UtxoDiff) -> None:
+        """Connect ``block``, whose coins changed as ``diff`` says, on top of ``best``."""
+        for outpoint, _ in diff.spent:
+            if self.fresh.pop(outpoint, None) is None:
+                if self.get_coin(outpoint) is None:
+                    raise StoreError(f"spends {outpoint}, which is not in the UTXO set")
+                del self.clean[outpoint]
+                self.spent.add(outpoint)
+        for outpoint, coin in diff.created:
+            if self.fresh.setdefault(outpoint, coin) is not coin:
+                raise StoreError(f"creates {outpoint}, which is unspent already")
+        for tx in block.txs:
+            self.tx_heights[tx.txid] = height
+        self.history.extend(_address_rows(block, height, diff))
+        self.best = block.hash
+        self.blocks += 1
+
+    def flush(self) -> None:
+        """Write it all (in the caller's SQL transaction) and empty the cache."""
+        db = self.db
+        db.executemany("DELETE FROM utxo WHERE txid = ? AND idx = ?", sorted((op.txid, op.index) for op in self.spent))
+        db.executemany("INSERT OR REPLACE INTO utxo VALUES (?, ?, ?, ?, ?, ?)", _coin_rows(self.fresh.items()))
+        db.executemany("INSERT OR REPLACE INTO tx_index VALUES (?, ?)", sorted(self.tx_heights.items()))
+        db.executemany("INSERT OR REPLACE INTO address_index VALUES (?, ?, ?, ?, ?, ?)", sorted(self.history))
+        db.execute("UPDATE meta SET value = ? WHERE key = 'flushed_tip'", (self.best,))
+        self.fresh, self.spent, self.clean, self.tx_heights, self.history = {}, set(), {}, {}, []
+        self.blocks = 0
+
+
+class ChainStore:
+    """A node's SQLite chain file and its state cache (see the module docstring)."""
+
+    def __init__(self, path: str | Path, params: ChainParams, *, synchronous: str = DEFAULT_SYNCHRONOUS,
+                 max_cache_entries: int = MAX_CACHE_ENTRIES, flush_every_blocks: int = FLUSH_EVERY_BLOCKS) -> None:
         self.path = Path(path)
         self.params = params
+        self.synchronous = synchronous.upper()
+        self.max_cache_entries = max_cache_entries
+        self.flush_every_blocks = flush_every_blocks
+        self.flushed_at: float | None = None  # the node clock's time of the last timed flush
+        self.cache: StateCache | None = None  # set once the store is open
         unclean = _wal_has_content(self.path)
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
@@ -153,13 +294,19 @@ class ChainStore:
             if tables and "meta" not in tables:
                 raise StoreError(f"{self.path}: an SQLite file of something else, not a zcoin store")
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute(f"PRAGMA synchronous={synchronous}")
+            self.db.execute(f"PRAGMA synchronous={self.synchronous}")
+            self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             self.db.executescript(_SCHEMA)
             self._check_or_init_meta()
         except sqlite3.DatabaseError as exc:
             self.db.close()
             raise StoreError(f"{self.path}: not a usable zcoin store ({exc})") from None
         except StoreError:
+            self.db.close()
+            raise
+        try:  # a damaged page met here is the chain's, reported as the chain manager's loading would
+            self._replay_blocks(flush=True)
+        except BaseException:
             self.db.close()
             raise
 
@@ -185,7 +332,7 @@ class ChainStore:
         if version is None:
             self._init_genesis()
             return
-        if int(version) != SCHEMA_VERSION:
+        if int(version) not in (1, SCHEMA_VERSION):
             raise StoreError(f"{self.path}: schema version {int(version)}, this zcoin reads {SCHEMA_VERSION}")
         network = self._meta("network")
         if network is None:
@@ -195,6 +342,11 @@ class ChainStore:
                              f"not {self.params.name!r}")
         if self._meta("genesis") != self.params.genesis_hash:
             raise StoreError(f"{self.path}: genesis block differs from network {self.params.name!r}")
+        if int(version) == 1:  # its tables were written with every block: they are the tip's
+            with self.transaction():
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('flushed_tip', ?)", (self._meta("tip"),))
+                self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                                (str(SCHEMA_VERSION).encode(),))
         if self._meta("address_index") is None:
             self._build_address_index()
 
@@ -205,7 +357,8 @@ class ChainStore:
             for height, body, undo in self.db.execute(
                     "SELECT a.height, b.body, b.undo FROM active a JOIN blocks b ON a.hash = b.hash ORDER BY a.height"
             ).fetchall():
-                self._index_addresses(Block.parse(body), height, _unpack_diff(undo))
+                self.db.executemany("INSERT OR REPLACE INTO address_index VALUES (?, ?, ?, ?, ?, ?)",
+                                    _address_rows(Block.parse(body), height, _unpack_diff(undo)))
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('address_index', ?)", (b"1",))
 
     def _init_genesis(self) -> None:
@@ -217,24 +370,71 @@ class ChainStore:
                 ("network", self.params.name.encode()),
                 ("genesis", genesis.hash),
                 ("tip", genesis.hash),
+                ("flushed_tip", genesis.hash),
                 ("address_index", b"1"),
             ])
             self.db.execute("INSERT INTO blocks VALUES (?, ?, 0, ?, ?, ?, ?, ?)", (
                 genesis.hash, genesis.header.prev_hash, _work_bytes(block_work(genesis.header.bits)),
                 HAVE_DATA, genesis.header.serialize(), genesis.raw, _pack_diff(diff)))
-            self._apply_diff(diff, 0, genesis)
             self.db.execute("INSERT INTO active VALUES (0, ?)", (genesis.hash,))
+            state = StateCache(self.db, genesis.header.prev_hash, self.max_cache_entries, self.flush_every_blocks)
+            state.apply(genesis, 0, diff)  # its coins and index rows, as any block's, written at once
+            state.flush()
+
+    def _replay_blocks(self, *, flush: bool) -> None:
+        """Rebuild the cache: from ``flushed_tip``, connect the active blocks again (Core's ``ReplayBlocks``).
+
+        Their bodies and undo data say all; nothing is verified again.  ``flush``: write the
+        result (at open; not after a rollback, where the disk may be failing).
+        """
+        best = self._meta("flushed_tip")
+        row = self.db.execute("SELECT height FROM blocks WHERE hash = ?", (best,)).fetchone()
+        if row is None or self.hash_at(row[0]) != best:
+            raise StoreError(f"{self.path}: the block of the last flush is not on the active chain (damaged?)")
+        self.cache = StateCache(self.db, best, self.max_cache_entries, self.flush_every_blocks)
+        for height, body, undo in self.db.execute(
+                "SELECT a.height, b.body, b.undo FROM active a JOIN blocks b ON a.hash = b.hash WHERE a.height > ? "
+                "ORDER BY a.height", (row[0],)).fetchall():
+            self.cache.apply(Block.parse(body), height, _unpack_diff(undo))
+            if flush and self.cache.full:
+                self.flush()
+        if flush:
+            self.flush()
 
     def close(self) -> None:
-        """Close the file (a checkpoint folds the WAL back in)."""
+        """Flush the cache and close the file (a checkpoint folds the WAL back in)."""
+        try:
+            self.flush()
+        except sqlite3.Error:  # nothing is lost: the next open replays the blocks after the last flush
+            pass
         try:
             self.db.close()
         except sqlite3.Error:
             pass
 
-    def transaction(self):
-        """A context manager running its body as one SQL transaction."""
-        return _Transaction(self.db)
+    def transaction(self, *, durable: bool = False):
+        """A context manager running its body as one SQL transaction (``durable``: fsynced at commit)."""
+        return _Transaction(self, durable)
+
+    # --- the cache -------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write what the cache holds to the tables now (one SQL transaction) and empty it."""
+        if not self.cache.blocks:
+            self.cache.clean.clear()  # only what the disk said: nothing to write
+            return
+        with self.transaction():
+            self.cache.flush()
+
+    def flush_if_due(self, now: float) -> bool:
+        """Flush if ``FLUSH_INTERVAL_S`` passed since the last timed flush (``now``: the node's monotonic clock)."""
+        if self.flushed_at is None:
+            self.flushed_at = now
+        if now - self.flushed_at < FLUSH_INTERVAL_S:
+            return False
+        self.flushed_at = now
+        self.flush()
+        return True
 
     # --- block index -----------------------------------------------------------
 
@@ -252,11 +452,13 @@ class ChainStore:
                         (header.hash, header.prev_hash, height, _work_bytes(chain_work), status, header.serialize()))
 
     def put_block(self, block: Block, height: int, chain_work: int) -> None:
-        """Store a block's body (adding its index entry if needed)."""
-        with self.transaction():
-            self.put_header(block.header, height, chain_work, HAVE_DATA)
-            self.db.execute("UPDATE blocks SET body = ?, status = ? WHERE hash = ? AND status != ?",
-                            (block.raw, HAVE_DATA, block.hash, INVALID))
+        """Store a block's body (adding its index entry if needed; an invalid block stays as it is)."""
+        header = block.header
+        self.db.execute("INSERT INTO blocks (hash, prev_hash, height, chain_work, status, header, body) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hash) DO UPDATE "
+                        "SET body = excluded.body, status = excluded.status WHERE status != ?",
+                        (header.hash, header.prev_hash, height, _work_bytes(chain_work), HAVE_DATA,
+                         header.serialize(), block.raw, INVALID))
 
     def set_status(self, block_hash: bytes, status: int) -> None:
         """Change a block's status (marking it invalid, for one)."""
@@ -264,8 +466,8 @@ class ChainStore:
 
     def get_block(self, block_hash: bytes) -> Block | None:
         """The stored block with this hash, or None."""
-        row = self.db.execute("SELECT body FROM blocks WHERE hash = ?", (block_hash,)).fetchone()
-        return Block.parse(row[0]) if row and row[0] is not None else None
+        raw = self.get_block_raw(block_hash)
+        return Block.parse(raw) if raw is not None else None
 
     def get_block_raw(self, block_hash: bytes) -> bytes | None:
         """The stored encoding of the block with this hash, or None."""
@@ -275,8 +477,8 @@ class ChainStore:
     # --- the active chain --------------------------------------------------------
 
     def tip_hash(self) -> bytes:
-        """Hash of the last connected block."""
-        return self._meta("tip")
+        """Hash of the last connected block (the cache's block: it is always the tip's state)."""
+        return self.cache.best
 
     def hash_at(self, height: int) -> bytes | None:
         """Hash of the active chain's block at ``height``."""
@@ -285,87 +487,92 @@ class ChainStore:
 
     def connect(self, block: Block, height: int, diff: UtxoDiff) -> None:
         """Make ``block`` (child of the tip) the new tip, applying ``diff``, in one transaction."""
+        if self.tip_hash() != block.header.prev_hash:
+            raise StoreError("connect: block does not extend the tip")
         with self.transaction():
-            if self.tip_hash() != block.header.prev_hash:
-                raise StoreError("connect: block does not extend the tip")
             self.db.execute("UPDATE blocks SET undo = ? WHERE hash = ?", (_pack_diff(diff), block.hash))
-            self._apply_diff(diff, height, block)
             self.db.execute("INSERT OR REPLACE INTO active VALUES (?, ?)", (height, block.hash))
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'tip'", (block.hash,))
+            self.cache.apply(block, height, diff)
+            if self.cache.full:
+                self.flush()
 
     def disconnect(self, block: Block, height: int) -> UtxoDiff:
-        """Undo the tip ``block`` with its stored undo data, in one transaction; return the diff undone."""
+        """Undo the tip ``block`` with its stored undo data, in one transaction; return the diff undone.
+
+        The cache is flushed first and the block taken out of the tables themselves:
+        disconnects are rare, and ``flushed_tip`` then never leaves the active chain.
+        """
+        if self.tip_hash() != block.hash:
+            raise StoreError("disconnect: block is not the tip")
+        diff = self.get_undo(block.hash)
+        if diff is None:
+            raise StoreError(f"disconnect: no undo data for {block.hash_hex}")
         with self.transaction():
-            if self.tip_hash() != block.hash:
-                raise StoreError("disconnect: block is not the tip")
-            row = self.db.execute("SELECT undo FROM blocks WHERE hash = ?", (block.hash,)).fetchone()
-            if not row or row[0] is None:
-                raise StoreError(f"disconnect: no undo data for {block.hash_hex}")
-            diff = _unpack_diff(row[0])
+            self.cache.flush()  # the tables now hold the tip's state, which the undo data takes back
             self.db.executemany("DELETE FROM utxo WHERE txid = ? AND idx = ?",
                                 [(op.txid, op.index) for op, _ in diff.created])
-            self._insert_coins(diff.spent)
+            self.db.executemany("INSERT INTO utxo VALUES (?, ?, ?, ?, ?, ?)", _coin_rows(diff.spent))
             self.db.executemany("DELETE FROM tx_index WHERE txid = ?", [(tx.txid,) for tx in block.txs])
-            self.db.execute("DELETE FROM address_index WHERE height = ?", (height,))
+            self.db.executemany("DELETE FROM address_index WHERE pubkey = ? AND height = ? AND pos = ?",
+                                [row[:3] for row in _address_rows(block, height, diff)])
             self.db.execute("DELETE FROM active WHERE height = ?", (height,))
-            self.db.execute("UPDATE meta SET value = ? WHERE key = 'tip'", (block.header.prev_hash,))
+            self.db.execute("UPDATE meta SET value = ? WHERE key IN ('tip', 'flushed_tip')",
+                            (block.header.prev_hash,))
+            self.cache.best = block.header.prev_hash
         return diff
-
-    def _apply_diff(self, diff: UtxoDiff, height: int, block: Block) -> None:
-        self.db.executemany("DELETE FROM utxo WHERE txid = ? AND idx = ?",
-                            [(op.txid, op.index) for op, _ in diff.spent])
-        self._insert_coins(diff.created)
-        self.db.executemany("INSERT OR REPLACE INTO tx_index VALUES (?, ?)", [(tx.txid, height) for tx in block.txs])
-        self._index_addresses(block, height, diff)
-
-    def _index_addresses(self, block: Block, height: int, diff: UtxoDiff) -> None:
-        """Per (key, transaction): what the block's transactions paid the key and spent of its coins.
-
-        Computed from the block itself (a coin created and spent in the same block is in no diff).
-        """
-        coins = {op: (coin.pubkey, coin.amount) for op, coin in diff.spent}
-        totals: dict[tuple[bytes, int], list] = {}  # (key, position in the block) -> [txid, received, spent]
-        for pos, tx in enumerate(block.txs):
-            for index, out in enumerate(tx.outputs):
-                coins[OutPoint(tx.txid, index)] = (out.pubkey, out.amount)
-                totals.setdefault((out.pubkey, pos), [tx.txid, 0, 0])[1] += out.amount
-            if not tx.is_coinbase:
-                for txin in tx.inputs:
-                    pubkey, amount = coins[txin.prev]
-                    totals.setdefault((pubkey, pos), [tx.txid, 0, 0])[2] += amount
-        self.db.executemany("INSERT OR REPLACE INTO address_index VALUES (?, ?, ?, ?, ?, ?)",
-                            [(pubkey, height, pos, txid, received, spent)
-                             for (pubkey, pos), (txid, received, spent) in totals.items()])
-
-    def _insert_coins(self, items) -> None:
-        self.db.executemany("INSERT INTO utxo VALUES (?, ?, ?, ?, ?, ?)",
-                            [(op.txid, op.index, c.amount, c.pubkey, c.height, int(c.coinbase)) for op, c in items])
 
     # --- queries -------------------------------------------------------------------
 
     def get_coin(self, outpoint: OutPoint) -> Coin | None:
         """The unspent output at ``outpoint`` on the active chain (a ``UtxoView``)."""
-        row = self.db.execute("SELECT amount, pubkey, height, coinbase FROM utxo WHERE txid = ? AND idx = ?",
-                              (outpoint.txid, outpoint.index)).fetchone()
-        return Coin(row[0], row[1], row[2], bool(row[3])) if row else None
+        return self.cache.get_coin(outpoint)
 
     def coins_of(self, pubkey: bytes) -> list[tuple[OutPoint, Coin]]:
-        """Unspent outputs paying ``pubkey``, oldest first."""
-        rows = self.db.execute("SELECT txid, idx, amount, height, coinbase FROM utxo WHERE pubkey = ? "
-                               "ORDER BY height, txid, idx", (pubkey,)).fetchall()
-        return [(OutPoint(t, i), Coin(a, pubkey, h, bool(cb))) for t, i, a, h, cb in rows]
+        """Unspent outputs paying ``pubkey``, oldest first (the cache's part is a scan of its new coins)."""
+        cache = self.cache
+        rows = self.db.execute("SELECT txid, idx, amount, height, coinbase FROM utxo WHERE pubkey = ?",
+                               (pubkey,)).fetchall()
+        coins = [(op, coin) for op, coin in cache.fresh.items() if coin.pubkey == pubkey]
+        coins.extend((op, Coin(a, pubkey, h, bool(cb))) for t, i, a, h, cb in rows
+                     if (op := OutPoint(t, i)) not in cache.spent and op not in cache.fresh)
+        return sorted(coins, key=lambda item: (item[1].height, item[0].txid, item[0].index))
 
     def utxo_snapshot(self) -> dict[OutPoint, Coin]:
         """The whole UTXO set (for checks and tests)."""
         rows = self.db.execute("SELECT txid, idx, amount, pubkey, height, coinbase FROM utxo").fetchall()
-        return {OutPoint(t, i): Coin(a, p, h, bool(cb)) for t, i, a, p, h, cb in rows}
+        coins = {OutPoint(t, i): Coin(a, p, h, bool(cb)) for t, i, a, p, h, cb in rows}
+        for outpoint in self.cache.spent:
+            del coins[outpoint]
+        coins.update(self.cache.fresh)
+        return coins
+
+    def history_of(self, pubkey: bytes) -> list[tuple[bytes, int, int, int]]:
+        """``(txid, height, received, spent)`` of every active-chain transaction touching ``pubkey``, in chain order."""
+        rows = self.db.execute("SELECT height, pos, txid, received, spent FROM address_index WHERE pubkey = ?",
+                               (pubkey,)).fetchall()
+        rows.extend(row[1:] for row in self.cache.history if row[0] == pubkey)
+        return [(txid, height, received, spent) for height, _, txid, received, spent in sorted(rows)]
+
+    def tx_height(self, txid: bytes) -> int | None:
+        """Height of the active-chain block holding ``txid``, or None."""
+        height = self.cache.tx_heights.get(txid)
+        if height is None:
+            row = self.db.execute("SELECT height FROM tx_index WHERE txid = ?", (txid,)).fetchone()
+            height = row[0] if row else None
+        return height
+
+    def get_undo(self, block_hash: bytes) -> UtxoDiff | None:
+        """What connecting ``block_hash`` did to the UTXO set (None while it is not connected)."""
+        row = self.db.execute("SELECT undo FROM blocks WHERE hash = ?", (block_hash,)).fetchone()
+        return _unpack_diff(row[0]) if row and row[0] is not None else None
 
     # --- acknowledged transactions -----------------------------------------------------
 
     def save_mempool_txs(self, txs: list[tuple[bytes, bytes]]) -> None:
         """Remember ``(txid, raw)`` pairs durably, in one transaction (before they are acknowledged)."""
         if txs:
-            with self.transaction():
+            with self.transaction(durable=True):
                 self.db.executemany("INSERT OR IGNORE INTO mempool (txid, raw) VALUES (?, ?)", txs)
 
     def forget_mempool_txs(self, txids: list[bytes]) -> None:
@@ -378,38 +585,41 @@ class ChainStore:
         """The remembered transactions, oldest first."""
         return [row[0] for row in self.db.execute("SELECT raw FROM mempool ORDER BY seq")]
 
-    def history_of(self, pubkey: bytes) -> list[tuple[bytes, int, int, int]]:
-        """``(txid, height, received, spent)`` of every active-chain transaction touching ``pubkey``, in chain order."""
-        return self.db.execute("SELECT txid, height, received, spent FROM address_index WHERE pubkey = ? "
-                               "ORDER BY height, pos", (pubkey,)).fetchall()
-
-    def get_undo(self, block_hash: bytes) -> UtxoDiff | None:
-        """What connecting ``block_hash`` did to the UTXO set (None while it is not connected)."""
-        row = self.db.execute("SELECT undo FROM blocks WHERE hash = ?", (block_hash,)).fetchone()
-        return _unpack_diff(row[0]) if row and row[0] is not None else None
-
-    def tx_height(self, txid: bytes) -> int | None:
-        """Height of the active-chain block holding ``txid``, or None."""
-        row = self.db.execute("SELECT height FROM tx_index WHERE txid = ?", (txid,)).fetchone()
-        return row[0] if row else None
-
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on an exception; nests as a no-op."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on an exception; nests as a no-op.
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
+    After a rollback the store's cache is rebuilt: it may hold changes the disk just lost.
+    A durable transaction commits with ``synchronous=FULL`` (SQLite allows the switch only
+    outside a transaction, hence around it).
+    """
+
+    def __init__(self, store: ChainStore, durable: bool) -> None:
+        self.store = store
+        self.db = store.db
+        self.sync = "FULL" if durable and store.synchronous == "NORMAL" else None
         self.outer = False
 
     def __enter__(self) -> None:
         if not self.db.in_transaction:
+            if self.sync:
+                self.db.execute(f"PRAGMA synchronous={self.sync}")
             self.db.execute("BEGIN IMMEDIATE")
             self.outer = True
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.outer:
             return
-        if exc_type is None:
-            self.db.execute("COMMIT")
-        elif self.db.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
-            self.db.execute("ROLLBACK")
+        committed = False
+        try:
+            if exc_type is None:
+                self.db.execute("COMMIT")
+                committed = True
+        finally:
+            if not committed:
+                if self.db.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
+                    self.db.execute("ROLLBACK")
+                if self.store.cache is not None:
+                    self.store._replay_blocks(flush=False)
+            if self.sync:
+                self.db.execute(f"PRAGMA synchronous={self.store.synchronous}")
