@@ -22,9 +22,14 @@
   Also timed: admitting a better-paying newcomer to the full pool (the worst
   entry is evicted), next to the same bare pass over the entries.
 
+- ``long_chain``: a node started on a 100k-block regtest chain (built once, cached in
+  ``bench/.cache/``) until its api serves, a fresh node syncing that chain from it
+  next to a local replay of the same blocks, and both nodes' resident memory
+  (``bench/long_chain.py``; ``--long-chain 0`` skips it).
+
 Usage::
 
-    .venv/bin/python bench/bench_chain.py [--blocks N] [--txs-per-block K] [--pool N]
+    .venv/bin/python bench/bench_chain.py [--blocks N] [--txs-per-block K] [--pool N] [--long-chain BLOCKS]
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ from collections import deque
 from pathlib import Path
 
 import coincurve
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # long_chain, beside this script
+from long_chain import DEFAULT_BLOCKS as LONG_CHAIN_BLOCKS, long_chain  # noqa: E402
 
 from zcoin.chain import Chain
 from zcoin.consensus.builders import new_template, sign_transaction, solve
@@ -232,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=300)
     parser.add_argument("--txs-per-block", type=int, default=8)
     parser.add_argument("--pool", type=int, default=100_000)
+    parser.add_argument("--long-chain", type=int, default=LONG_CHAIN_BLOCKS, metavar="BLOCKS",
+                        help="length of the long chain started and synced (bench/long_chain.py; cached "
+                             "in bench/.cache/ once built); 0 skips it")
     args = parser.parse_args(argv)
     params = REGTEST
 
@@ -265,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         "template": bench_template(params, args.pool),
         "python": platform.python_version(),
     }
+    if args.long_chain:
+        results["long_chain"] = long_chain(args.long_chain)
     json.dump(results, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

@@ -62,14 +62,14 @@ def test_reopened_store_has_the_same_tip_utxo_set_and_index(tmp_path):
     store, chain = open_chain(path)
     add_all(chain, builder.blocks)
     tip, height, utxo = store.tip_hash(), chain.height, store.utxo_snapshot()
-    index = {row.hash: (row.height, row.chain_work, row.status) for row in store.load_index()}
+    index = {row[0]: (row[2], int.from_bytes(row[3], "big"), row[4]) for row in store.load_index()}
     store.close()
 
     store, chain = open_chain(path)
     assert store.tip_hash() == tip == builder.tip.hash
     assert chain.height == height == builder.height
     assert store.utxo_snapshot() == utxo == builder.coins()
-    assert {row.hash: (row.height, row.chain_work, row.status) for row in store.load_index()} == index
+    assert {row[0]: (row[2], int.from_bytes(row[3], "big"), row[4]) for row in store.load_index()} == index
     assert chain.tip.chain_work == index[tip][1]
     spent_premine = dev_outpoint(PARAMS, 1)
     assert store.get_coin(spent_premine) is None

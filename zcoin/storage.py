@@ -51,7 +51,7 @@ the decisions about which chain to follow in ``zcoin.chain``.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 
 import msgpack
@@ -138,18 +138,6 @@ def _wal_has_content(path: Path) -> bool:
         return Path(f"{path}-wal").stat().st_size > 0
     except OSError:
         return False
-
-
-@dataclass(frozen=True, slots=True)
-class IndexRow:
-    """One row of the block index as stored."""
-
-    hash: bytes
-    prev_hash: bytes
-    height: int
-    chain_work: int
-    status: int
-    header: BlockHeader
 
 
 def _work_bytes(work: int) -> bytes:
@@ -438,12 +426,12 @@ class ChainStore:
 
     # --- block index -----------------------------------------------------------
 
-    def load_index(self) -> list[IndexRow]:
-        """Every known block, parents before children."""
-        rows = self.db.execute(
-            "SELECT hash, prev_hash, height, chain_work, status, header FROM blocks ORDER BY height").fetchall()
-        return [IndexRow(h, p, height, int.from_bytes(w, "big"), s, BlockHeader.parse(hdr))
-                for h, p, height, w, s, hdr in rows]
+    def load_index(self) -> list[tuple[bytes, bytes, int, bytes, int, bytes]]:
+        """Every known block, parents before children, as stored: ``(hash, prev_hash, height, chain_work
+        (32 bytes, big-endian), status, header (80 bytes))`` (a long chain loads fastest as plain rows)."""
+        rows = self.db.execute("SELECT hash, prev_hash, height, chain_work, status, header FROM blocks").fetchall()
+        rows.sort(key=itemgetter(2))  # here rather than ORDER BY: SQLite would sort through a temporary b-tree
+        return rows
 
     def put_header(self, header: BlockHeader, height: int, chain_work: int, status: int = HEADER_ONLY) -> None:
         """Add a header to the index (ignored if known)."""
