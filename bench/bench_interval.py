@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -81,11 +82,12 @@ def run_cluster(network: str, miners: int, mode: str, seconds: float, work: Path
         wait_until(lambda: all(c.request("status")["synced"] for c in clients), 60, "every miner synced", POLL_S)
         pids = [d.proc.pid for d, _ in nodes]
         start_height = max(c.request("status")["height"] for c in clients)
+        found_before = [len(re.findall(r"block found", d.log())) for d, _ in nodes]
         start, before = time.monotonic(), cpu_seconds(pids + [c for p in pids for c in children(p)])
         time.sleep(seconds)  # the measured period: the cluster runs on its own
         elapsed = time.monotonic() - start
         used = cpu_seconds(pids + [c for p in pids for c in children(p)]) - before
-        found = [len(re.findall(r"block found", d.log())) for d, _ in nodes]
+        found = [len(re.findall(r"block found", d.log())) - n for (d, _), n in zip(nodes, found_before)]
         tips = set()
 
         def converged() -> bool:
@@ -124,7 +126,7 @@ def main() -> int:
                                    Path(tmp) / network / "interval")
             baseline = run_cluster(network, args.miners, "continuous", min(args.seconds, 15.0),
                                    Path(tmp) / network / "continuous")
-            slots = interval["seconds"] / args.interval
+            slots = math.floor(interval["seconds"] / args.interval) + 1  # slot starts a window can hold
             results["networks"][network] = {
                 **interval,
                 "blocks_per_miner_per_slot": round(max(interval["blocks_found_per_miner"]) / slots, 3),

@@ -448,4 +448,4 @@ class NodeCore:
         for block in self.mining.blocks_found(found):
             self.accept_block(block, None, relay=True)
             if self.chain.tip.hash == block.hash:
-                self.mining.on_block_connected(block, self.clock.monotonic())
+                self.mining.on_block_connected(block)

@@ -7,7 +7,9 @@ searches one job at a time; this decides which, following the miner's mode
 - ``continuous``: search whenever the node is synced;
 - ``interval:S``: search until this miner finds a block, then rest until the next
   S-second slot begins (the pool idles: near-zero CPU), as Anvil's ``--block-time``
-  and Polar's auto-mine;
+  and Polar's auto-mine.  Each miner's slots start at a phase drawn from its name, so
+  the miners of a cluster take turns through a slot rather than all racing at its start
+  (on an easy target, every miner would find a block at once and all but one be stale);
 - ``on-demand``: search only while ``zcoin generate`` asks for blocks;
 - ``off``: no pool at all.
 
@@ -20,6 +22,7 @@ results for an older job are dropped.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -81,7 +84,8 @@ class MiningControl:
 
         core, miner = self.core, self.core.miner
         if self.slots_from is None:
-            self.slots_from = now
+            self.slots_from = now + self._phase()
+            self.rest_until = self.slots_from
         if not self._searching(now):
             if self.tip:
                 miner.cancel()
@@ -116,14 +120,25 @@ class MiningControl:
                 continue
             block = block_from_found(template, result)
             self.core.log.info("block found", height=template.height, block=block.hash_hex, worker=result.worker)
+            if not self.demands and self.mode.kind == "interval":  # one block a slot, even one that loses a race
+                now = self.core.clock.monotonic()
+                slot = self.mode.interval_s
+                self.rest_until = self.slots_from + (math.floor((now - self.slots_from) / slot) + 1) * slot
             self.templates = {}
             self.tip = b""  # the next timer turn makes a new job
             self.core.miner.cancel()
             return [block]
         return []
 
-    def on_block_connected(self, block: Block, now: float) -> None:
-        """One of our blocks became the tip: count it for a ``generate``, or rest (interval mode)."""
+    def _phase(self) -> float:
+        """Where in a slot this miner's slots begin: a fraction of the interval drawn from its name."""
+        if self.mode.kind != "interval":
+            return 0.0
+        draw = int.from_bytes(hashlib.sha256(self.core.name.encode()).digest()[:4], "big") / 2**32
+        return draw * self.mode.interval_s
+
+    def on_block_connected(self, block: Block) -> None:
+        """One of our blocks became the tip: count it for a ``generate``."""
         if self.demands:
             demand = self.demands[0]
             demand.hashes.append(block.hash_hex)
@@ -132,6 +147,3 @@ class MiningControl:
                 self.demands.popleft()
                 self.core.reply_later(demand.route, wire.encode("generated", hashes=demand.hashes,
                                                                 height=self.core.chain.height))
-        elif self.mode.kind == "interval":
-            slot = self.mode.interval_s
-            self.rest_until = self.slots_from + (math.floor((now - self.slots_from) / slot) + 1) * slot
