@@ -433,14 +433,14 @@ def sync_once(args, workdir: Path, tracker_endpoint: str, tip: tuple[int, bytes]
 
     def first(message: str, **extra) -> float | None:
         for record in records:
-            if record["message"] == message and all(record["extra"].get(k) == v for k, v in extra.items()):
-                return record["time"]["timestamp"]
+            if record["message"] == message and all(record.get(k) == v for k, v in extra.items()):
+                return record["time"]
         return None
 
     node_started, connected = first("node started"), first("peer connected")
-    headers, done = first("sync progress"), first("block connected", height=height)
+    headers, done = first("sync progress"), first("synced", height=height)  # its first sync ended
     if connected is None or done is None:
-        raise RuntimeError(f"{label}: no 'peer connected' or final 'block connected' line in its log")
+        raise RuntimeError(f"{label}: no 'peer connected' or 'synced' line at height {height} in its log")
     return {
         "seconds_from_spawn": round(done - spawned, 3),
         "seconds_from_connected": round(done - connected, 3),

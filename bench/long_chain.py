@@ -35,7 +35,7 @@ file system for the nodes and the replays):
   index load are also timed in this process (``open_in_process_s``).
 - ``sync_ratio``: a node on an empty data directory syncs the whole chain from one
   peer, a node started on the cached copy; blocks/s are taken from its own JSON log,
-  from its "peer connected" line to its "block connected" line of the last height
+  from its "peer connected" line to its "synced" line (its first sync ended, at the last height)
   (as ``bench_node.py``'s sync).  Divided by the baseline: the same raw blocks parsed
   and connected with ``Chain.add_block`` into a fresh ``ChainStore`` (the node's
   settings) in this process, right before and right after the sync (their mean).
@@ -249,9 +249,9 @@ def _records(path: Path, messages: tuple[str, ...], last: str | None = None) -> 
                 continue
             for message, needle in wanted.items():
                 if message not in found and needle in line:
-                    found[message] = json.loads(line)["record"]
+                    found[message] = json.loads(line)
     if last_line is not None:
-        found[last] = json.loads(last_line)["record"]
+        found[last] = json.loads(last_line)
     return found
 
 
@@ -267,7 +267,7 @@ def time_start(label: str, tracker: str, data_dir: Path, workdir: Path, daemons:
     serving_s = time.monotonic() - started
     memory = memory_mb(daemon.proc.pid)
     daemon.wait_for_log(r'"message": "node started"')
-    node_started = _records(daemon.log_path, ("node started",))["node started"]["time"]["timestamp"]
+    node_started = _records(daemon.log_path, ("node started",))["node started"]["time"]
     return daemon, {
         "start_to_serving_s": round(serving_s, 3),
         "spawn_to_node_started_s": round(node_started - daemon.started_at, 3),
@@ -350,13 +350,13 @@ def sync_fresh_node(tracker: str, tip: tuple[int, str], workdir: Path, timeout_s
     finally:
         daemon.stop()
         daemons.remove(daemon)
-    records = _records(daemon.log_path, ("node started", "peer connected", "sync progress"), last="block connected")
-    done = records.get("block connected")
-    if "peer connected" not in records or done is None or done["extra"].get("height") != height:
-        raise RuntimeError("the synced node's log lacks its 'peer connected' or last 'block connected' line")
-    connected, done_at = records["peer connected"]["time"]["timestamp"], done["time"]["timestamp"]
-    node_started = records.get("node started", {}).get("time", {}).get("timestamp")
-    headers = records.get("sync progress", {}).get("time", {}).get("timestamp")
+    records = _records(daemon.log_path, ("node started", "peer connected", "sync progress", "synced"))
+    done = records.get("synced")  # logged once, when its first sync ends (blocks are logged only after that)
+    if "peer connected" not in records or done is None or done.get("height") != height:
+        raise RuntimeError("the synced node's log lacks its 'peer connected' or 'synced' line at the chain's height")
+    connected, done_at = records["peer connected"]["time"], done["time"]
+    node_started = records.get("node started", {}).get("time")
+    headers = records.get("sync progress", {}).get("time")
     return {
         "blocks_per_second_from_connected": round(height / (done_at - connected), 1),
         "blocks_per_second_from_spawn": round(height / (done_at - daemon.started_at), 1),

@@ -181,8 +181,8 @@ def log_records(path: Path) -> list[dict]:
     for line in path.read_text(errors="replace").splitlines():
         if line.startswith("{"):
             try:
-                records.append(json.loads(line)["record"])
-            except (ValueError, KeyError):
+                records.append(json.loads(line))
+            except ValueError:
                 continue
     return records
 

@@ -423,3 +423,27 @@ def test_a_payment_a_block_conflicts_with_is_conflicted_by_its_rival_in_tx_histo
     again = CliRunner().invoke(cli, send)
     assert again.exit_code == 1 and f"payment {payment.txid} is conflicted by {rival.txid_hex}" in again.stderr
     assert load_wallet(path).payments[0].conflict == rival.txid_hex
+
+
+def test_log_json_writes_one_flat_object_per_line_with_the_fields_and_the_exception(capsys):
+    from loguru import logger
+
+    from zcoin.log import setup_logging
+
+    setup_logging("INFO", json=True, component="miner")
+    try:
+        logger.debug("not at INFO")
+        logger.info("block connected", height=7, block="ab")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("handler failed")
+    finally:
+        logger.remove()
+        logger.add(sys.stderr)  # loguru's default, as before
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [line["message"] for line in lines] == ["block connected", "handler failed"]
+    first = lines[0]
+    assert (first["level"], first["component"], first["height"], first["block"]) == ("INFO", "miner", 7, "ab")
+    assert isinstance(first["time"], float) and "exception" not in first
+    assert "ValueError: boom" in lines[1]["exception"]

@@ -116,6 +116,7 @@ RETRY_AFTER_STALL_S = 10.0  # first wait before asking a peer again for what it 
 RETRY_AFTER_STALL_MAX_S = 300.0
 SYNC_GRACE_S = 3.0  # a node with peers waits this long for their tips before it calls itself synced
 RETEMPLATE_INTERVAL_S = 1.0  # at most this often a richer mempool restarts the mining job
+CATCHING_UP_LOG_S = 2.0  # before its first sync a node logs its progress this often, not every block
 MEMPOOL_SAVE_INTERVAL_S = 1.0  # transactions only relayed to a node reach its disk at least this often
 
 MINER_CONFIG_SPEC: dict[str, tuple[type | tuple[type, ...], Any]] = {

@@ -35,7 +35,7 @@ from loguru import logger
 from zcoin import wire
 from zcoin.wire import GOSSIP_TYPES, TOPIC_BLOCK, TOPIC_TX
 from zcoin.chain import Chain
-from zcoin.config import MEMPOOL_SAVE_INTERVAL_S, NodeConfig
+from zcoin.config import CATCHING_UP_LOG_S, MEMPOOL_SAVE_INTERVAL_S, NodeConfig
 from zcoin.consensus import errors as E
 from zcoin.consensus.crypto import sha256d
 from zcoin.consensus.primitives import Block, Transaction
@@ -128,6 +128,7 @@ class NodeCore:
         self.mining = MiningControl(self)
         self.unsaved: list[tuple[bytes, bytes]] = []  # accepted transactions not yet on disk
         self._saved_at = 0.0
+        self._catching_up_logged = float("-inf")
         self._outbox: list[tuple[Any, bytes]] = []  # api replies, sent once what they acknowledge is on disk
         self._api_table = handler_table(API_REQUESTS, self.api)
         self._reply_table = handler_table(REPLY_TYPES.values(), self, self.download, self.relay)
@@ -419,9 +420,16 @@ class NodeCore:
                     if tx.txid in self.mempool:
                         self.unsaved.append((tx.txid, tx.raw))
                         self.publish(TOPIC_TX, "gossip_tx", tx=tx.raw)
+        # A line per block once synced; while catching up (a line per block would be a fifth of the
+        # work of a long sync), one every CATCHING_UP_LOG_S with the progress.
+        level = "INFO" if self.download.ever_synced else "DEBUG"
         for block in update.connected:
-            self.log.info("block connected", height=self.chain.index[block.hash].height, block=block.hash_hex,
-                          txs=len(block.txs))
+            self.log.log(level, "block connected", height=self.chain.index[block.hash].height, block=block.hash_hex,
+                         txs=len(block.txs))
+        now = self.clock.monotonic()
+        if update.connected and not self.download.ever_synced and now >= self._catching_up_logged + CATCHING_UP_LOG_S:
+            self._catching_up_logged = now
+            self.log.info("catching up", height=tip.height, best_header=self.chain.best_header.height)
 
     def publish(self, topic: bytes, msg_type: str, **fields) -> None:
         """Announce on the gossip, numbering every message so subscribers can see gaps."""
