@@ -428,20 +428,20 @@ def test_a_payment_a_block_conflicts_with_is_conflicted_by_its_rival_in_tx_histo
 def test_log_json_writes_one_flat_object_per_line_with_the_fields_and_the_exception(capsys):
     from loguru import logger
 
-    from zcoin.log import setup_logging
+    from zcoin.log import _json_line
 
-    setup_logging("INFO", json=True, component="miner")
+    handler = logger.add(_json_line, level="INFO", format="{message}")  # what setup_logging(json=True) adds
     try:
-        logger.debug("not at INFO")
-        logger.info("block connected", height=7, block="ab")
+        log = logger.bind(component="miner")
+        log.debug("not at INFO")
+        log.info("block connected", height=7, block="ab")
         try:
             raise ValueError("boom")
         except ValueError:
-            logger.exception("handler failed")
+            log.exception("handler failed")
     finally:
-        logger.remove()
-        logger.add(sys.stderr)  # loguru's default, as before
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+        logger.remove(handler)  # only ours: the process's other handlers stay as they were
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     assert [line["message"] for line in lines] == ["block connected", "handler failed"]
     first = lines[0]
     assert (first["level"], first["component"], first["height"], first["block"]) == ("INFO", "miner", 7, "ab")

@@ -75,6 +75,7 @@ class NodeApi:
             "peer_list": [{"node": p.name, "height": p.height, "score": core.score(p), "banned": core.banned(p)}
                           for p in core.peers.values()],
             "mempool_bytes": core.mempool.bytes,
+            "payout": core.config.payout.hex() if core.config.payout else None,
             "counters": {"txs_accepted": counters.txs_accepted, "blocks_connected": counters.blocks_connected,
                          "reorgs": counters.reorgs, "bans": core.misbehaviour.bans,
                          "gossip_gaps": counters.gossip_gaps, "request_stalls": counters.request_stalls},

@@ -266,7 +266,7 @@ register("status_reply", node=Str(64), network=Str(32), height=Int(), tip=Str(64
               best_header=Int(), orphans=Int(), api=Str(256), gossip=Str(256),
               peer_list=List(Map({"node": Str(64), "height": Int(lo=-1), "score": Int(lo=-10**9, hi=10**9),
                                   "banned": Bool()}), max_len=10_000),
-              mempool_bytes=Opt(Int()),
+              mempool_bytes=Opt(Int()), payout=Opt(Str(64)),  # the key its coinbases pay (hex), if it mines
               counters=Opt(Map({"txs_accepted": Int(), "blocks_connected": Int(), "reorgs": Int(), "bans": Int(),
                                 "gossip_gaps": Int(), "request_stalls": Int()})),
               rejected=Opt(List(Map({"reason": Str(64), "count": Int()}), max_len=64)))

@@ -266,12 +266,15 @@ class Gossip:
         tree = self.cluster.tree
         if header.hash in tree.blocks:
             return
+        coinbase = Transaction.parse(txs[0])
         parent = tree.blocks.get(header.prev_hash)
-        height = parent.height + 1 if parent is not None else coinbase_height(Transaction.parse(txs[0]))
+        height = parent.height + 1 if parent is not None else coinbase_height(coinbase)
         if height is None:
             self._drop(node, "a block whose height cannot be told")
             return
-        self.cluster.learn(header, height, len(txs), node.name)
+        # The miner announced it before anyone could relay it, but relays may be read first (a socket
+        # each): a coinbase paying a node's payout key names the miner for sure.
+        self.cluster.learn(header, height, len(txs), self.cluster.miner_of(coinbase) or node.name)
 
     def _drop(self, node: Node, why: str) -> None:
         self.counts["dropped"] += 1
@@ -462,6 +465,11 @@ class Cluster:
         _, (reply,) = await self.ask(wire.encode("get_headers", locator=list(known)), on=node)
         headers = [BlockHeader.parse(raw) for raw in reply["headers"]]
         return headers, known.get(headers[0].prev_hash) if headers else None
+
+    def miner_of(self, coinbase: Transaction) -> str | None:
+        """The node whose payout key the coinbase pays first, if a node's status says so."""
+        paid = coinbase.outputs[0].pubkey.hex() if coinbase.outputs else ""
+        return next((n.name for n in self.nodes if n.status is not None and n.status.get("payout") == paid), None)
 
     def learn(self, header: BlockHeader, height: int, tx_count: int, by: str | None) -> None:
         """A block new to the tree: kept, and announced as a ``block`` event; ``by``: the node whose gossip
