@@ -11,8 +11,11 @@ on loopback with ephemeral ports; endpoints are read from ``<data-dir>/node.json
   confirmed coins, the usual case), and one transaction per output is signed
   before anything is measured.  They are pushed to A at ``--rate`` per second
   over a DEALER (pipelined, pre-encoded frames).  A SUB on every node's gossip
-  PUB times each transaction's arrival: a node announces exactly what its
-  mempool accepts, so its ``gossip_tx`` of X is X's arrival there.  The figure is
+  PUB (topics ``tx`` and ``rtx``) times each transaction's arrival: a node
+  announces exactly what its mempool accepts (under ``tx`` what a client gave it,
+  under ``rtx`` what it took from a peer), so its ``gossip_tx`` of X is X's
+  arrival there.  Nodes relay as a cluster does: A announces X to B, C and D,
+  which do not send it on to each other (a full mesh; see ``zcoin/relay.py``).  The figure is
   the latency from the push on A to the announcement by the *last* of B, C, D.
   Baseline, in the same run and at the same rate: the same topology in bare
   pyzmq, one process per hop (``nodebench_util.py``): a ROUTER "A" that publishes
@@ -134,7 +137,8 @@ class Target:
         self.subs: dict[zmq.Socket, str] = {}
         for name, endpoint in gossips.items():
             sub = _socket(context, zmq.SUB)
-            sub.setsockopt(zmq.SUBSCRIBE, b"tx")
+            for topic in (wire.TOPIC_TX, wire.TOPIC_RELAYED_TX):  # first hand, and what a node took from a peer
+                sub.setsockopt(zmq.SUBSCRIBE, topic)
             sub.connect(endpoint)
             self.subs[sub] = name
         self.head = next(iter(gossips))

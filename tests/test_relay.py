@@ -187,3 +187,36 @@ def test_an_orphan_whose_parent_comes_in_a_block_is_taken_then(net, tmp_path):
                                REGTEST.dev_pubkey(9), [parent], 1000))
     assert net.request("b", "submit_block", block=block.raw)["accepted"]  # the parent, confirmed at b
     assert child.txid in b.mempool and child.txid not in b.relay.orphans
+
+
+def test_only_the_node_that_took_a_payment_announces_it_to_peers_and_the_others_to_observers(net, tmp_path):
+    """A full mesh hears each transaction once from the node a client gave it to: b and c do not
+    send it on to each other or back (their numbers stay), they announce it under ``rtx`` only."""
+    nodes = {name: add(net, tmp_path, name) for name in "abc"}
+    net.run_until(lambda: all(n.synced for n in nodes.values()), 10, "all synced")
+    tx = premine_spend(0, to=1)
+    heard: list[tuple[str, str]] = []  # (publisher, subscriber) of every gossip message carrying tx
+
+    def listen(pair):
+        def lose(kind: str, payload: bytes) -> bool:
+            if kind == "gossip" and tx.raw in payload:
+                heard.append(pair)
+            return False
+        return lose
+
+    for pair, link in list(net.links.items()):
+        link.lose = listen(pair)
+    published: dict[str, list[bytes]] = {name: [] for name in nodes}
+    for name, core in nodes.items():
+        def record(topic, payload, name=name, original=core.transport.publish):
+            published[name].append(topic)
+            original(topic, payload)
+        core.transport.publish = record
+    seqs = {name: core.seq for name, core in nodes.items()}
+    assert push(net, "a", tx)["accepted"]
+    net.run_until(lambda: all(tx.txid in n.mempool for n in nodes.values()), 5, "every node has it")
+    net.run_for(3)  # tip rounds: no repair is needed, and nothing more is heard
+    assert sorted(heard) == [("a", "b"), ("a", "c")]
+    assert published == {"a": [b"tx"], "b": [b"rtx"], "c": [b"rtx"]}
+    assert nodes["a"].seq == seqs["a"] + 1 and nodes["b"].seq == seqs["b"] and nodes["c"].seq == seqs["c"]
+    assert all(n.counters.gossip_gaps == 0 for n in nodes.values())

@@ -92,6 +92,8 @@ class _MemoryTransport:
                              lambda target: target.on_request(self.name, route, payload))
 
     def publish(self, topic: bytes, payload: bytes) -> None:
+        if not topic.startswith(wire.PEER_TOPICS):  # what members do not subscribe to (as a SUB filters)
+            return
         for subscriber in self.network.subscribers(self.name):
             self.network.deliver(self.name, subscriber, "gossip", payload,
                                  lambda target: target.on_gossip(self.name, topic, payload))

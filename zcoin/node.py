@@ -35,7 +35,7 @@ from zcoin.nodecore import NodeCore
 from zcoin.sockets import Envelope, EnvelopeError, drain, last_endpoint, open_socket
 from zcoin.tracker.agent import MembershipAgent
 from zcoin.tracker.protocol import MemberInfo
-from zcoin.wire import TOPIC_BLOCK, TOPIC_TX
+from zcoin.wire import PEER_TOPICS
 
 POLL_S = 0.1  # the longest a turn waits for input before timers run
 PUB_LINGER_MS = 500  # announcements still queued at shutdown get this long to leave
@@ -88,7 +88,7 @@ class ZmqTransport:
         self.owner: dict[zmq.Socket, tuple[str, bool]] = {}  # socket -> (peer, is its DEALER)
 
     def connect(self, info: MemberInfo) -> None:
-        sub = open_socket(self.context, zmq.SUB, subscribe=(TOPIC_TX, TOPIC_BLOCK))
+        sub = open_socket(self.context, zmq.SUB, subscribe=PEER_TOPICS)
         sub.connect(info.gossip)
         self.links[info.node_id] = _PeerLinks(info, self._dealer(info), sub)
         self._watch(sub, info.node_id, False)

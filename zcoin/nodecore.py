@@ -33,7 +33,7 @@ from typing import Any, Callable, Protocol
 from loguru import logger
 
 from zcoin import wire
-from zcoin.wire import GOSSIP_TYPES, TOPIC_BLOCK, TOPIC_TX
+from zcoin.wire import GOSSIP_TYPES, PEER_TOPICS, TOPIC_BLOCK, TOPIC_TX
 from zcoin.chain import Chain
 from zcoin.config import CATCHING_UP_LOG_S, MEMPOOL_SAVE_INTERVAL_S, NodeConfig
 from zcoin.consensus import errors as E
@@ -432,8 +432,12 @@ class NodeCore:
             self.log.info("catching up", height=tip.height, best_header=self.chain.best_header.height)
 
     def publish(self, topic: bytes, msg_type: str, **fields) -> None:
-        """Announce on the gossip, numbering every message so subscribers can see gaps."""
-        self.seq += 1
+        """Announce on the gossip, numbering every message peers hear so that they can see gaps.
+
+        A message under a topic peers do not subscribe to (``wire.PEER_TOPICS``) carries the
+        current number without taking one: peers never see it, so it must not open a gap."""
+        if topic in PEER_TOPICS:
+            self.seq += 1
         self.transport.publish(topic, wire.encode(msg_type, seq=self.seq, epoch=self.epoch, **fields))
 
     # --- timers and mining ----------------------------------------------------------------------

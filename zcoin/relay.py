@@ -16,7 +16,13 @@ then the transactions it lacks) when
   have still not arrived (lost, not in flight).
 
 So a transaction accepted by any miner reaches every connected miner even if
-every gossip message about it is lost.  A transaction whose parent has not
+every gossip message about it is lost.  Only the miner that took a transaction
+first hand (from a client) announces it to its peers (topic ``tx``, numbered):
+the membership is a full mesh, so every member hears it from that miner, and
+copies from every other member would be three receptions per transaction in a
+cluster of four, most of a relay's CPU.  What a miner takes from a peer is
+announced under ``rtx``, which members do not subscribe to, for observers of its
+mempool.  A transaction whose parent has not
 arrived waits in a bounded, expiring orphan pool (as Bitcoin's) while its parent
 is asked of the peer that sent it, and is tried again when the parent comes.
 Transactions dropped because a block spent the same coins are remembered (a
@@ -36,7 +42,7 @@ from zcoin.consensus.crypto import sha256d
 from zcoin.consensus.primitives import Block, Transaction
 from zcoin.mempool import MempoolReject, TxAlreadyKnown, TxConflict
 from zcoin.peers import PENALTY_INVALID_TX, PENALTY_MALFORMED, Peer, Request
-from zcoin.wire import TOPIC_TX
+from zcoin.wire import TOPIC_RELAYED_TX, TOPIC_TX
 
 if TYPE_CHECKING:
     from zcoin.nodecore import NodeCore
@@ -119,8 +125,9 @@ class TxRelay:
 
     # --- transactions in ------------------------------------------------------------------------
 
-    def accept_tx(self, tx: Transaction, *, relay: bool = True) -> int:
-        """Validate ``tx`` against chain and mempool, keep it and relay it; raise on rejection."""
+    def accept_tx(self, tx: Transaction, *, topic: bytes = TOPIC_TX) -> int:
+        """Validate ``tx`` against chain and mempool, keep it and announce it under ``topic``
+        (``tx``: first hand, to peers; ``rtx``: from a peer, to observers); raise on rejection."""
         try:
             fee = self.core.mempool.accept(tx, self.core.store, self.core.chain.height,
                                            is_confirmed=lambda txid: self.core.store.tx_height(txid) is not None)
@@ -130,12 +137,11 @@ class TxRelay:
         self.core.counters.txs_accepted += 1
         self.core.log.debug("tx accepted", txid=tx.txid_hex, fee=fee)
         self.core.unsaved.append((tx.txid, tx.raw))
-        if relay:
-            self.core.publish(TOPIC_TX, "gossip_tx", tx=tx.raw)
+        self.core.publish(topic, "gossip_tx", tx=tx.raw)
         self.on_accepted(tx)
         return fee
 
-    def accept_tx_from_peer(self, raw: bytes, peer: Peer, relay: bool) -> TxOutcome:
+    def accept_tx_from_peer(self, raw: bytes, peer: Peer) -> TxOutcome:
         """Take a transaction a peer sent; one whose parent has not come waits in the orphan pool."""
         try:
             tx = Transaction.parse(raw)
@@ -143,7 +149,7 @@ class TxRelay:
             self.core.penalise(peer, PENALTY_MALFORMED, f"undecodable tx: {exc}")
             return TxOutcome.INVALID
         try:
-            self.accept_tx(tx, relay=relay)
+            self.accept_tx(tx, topic=TOPIC_RELAYED_TX)
         except (TxAlreadyKnown, TxConflict):
             return TxOutcome.KNOWN
         except MempoolReject:
@@ -162,12 +168,12 @@ class TxRelay:
     def on_txs(self, peer: Peer, msg: wire.Message, request: Request) -> None:
         # A child before its parent waits in the orphan pool until the parent is in.
         for raw in msg["txs"]:
-            self.accept_tx_from_peer(raw, peer, relay=False)
+            self.accept_tx_from_peer(raw, peer)
 
     def on_gossip_tx(self, peer: Peer, msg: wire.Message) -> None:
         if sha256d(msg["tx"]) in self.core.mempool:  # the txid hashes the canonical bytes: a copy we hold
             return
-        self.accept_tx_from_peer(msg["tx"], peer, relay=True)
+        self.accept_tx_from_peer(msg["tx"], peer)
 
     # --- what peers show of their gossip --------------------------------------------------
 
@@ -241,7 +247,7 @@ class TxRelay:
             self.orphans.remove(orphan.tx.txid)
             peer = self.core.peers.get(orphan.peer)
             if peer is not None:
-                self.accept_tx_from_peer(orphan.tx.raw, peer, relay=True)
+                self.accept_tx_from_peer(orphan.tx.raw, peer)
 
     def on_timer(self, now: float) -> None:
         self.orphans.expire(now)

@@ -316,8 +316,18 @@ register("generate", blocks=Int(lo=1, hi=MAX_GENERATE_PER_REQUEST), payout=Opt(B
 register("generated", hashes=List(Str(64), max_len=MAX_GENERATE_PER_REQUEST), height=Int())
 register("admin", action=Str(32), peer=Str(64))
 register("ok", detail=Opt(Str(256)))
-TOPIC_TX = b"tx"  # gossip topics: the first frame of every announcement, and what a SUB subscribes to
+# Gossip topics: the first frame of every announcement.  ``tx``: a transaction the node took first
+# hand (from a client, or back from a block a reorg undid), numbered; ``rtx``: one it took from a
+# peer's gossip or fetch, carrying the node's current number without taking a new one.  Members
+# subscribe to PEER_TOPICS only: the membership is a full mesh, so every member hears each
+# transaction from the member that took it, and a second copy from every other member (the cost
+# of most of a relay's CPU) would be waste; an observer of the node's mempool subscribes to both
+# (as to Bitcoin Core's ``zmqpubrawtx``).  ZeroMQ filters topics at the publisher, so nothing is
+# sent for ``rtx`` to a member.  A topic is a prefix match: ``rtx`` does not start with ``tx``.
+TOPIC_TX = b"tx"
 TOPIC_BLOCK = b"block"
-GOSSIP_TYPES = {TOPIC_TX: "gossip_tx", TOPIC_BLOCK: "gossip_block"}
+TOPIC_RELAYED_TX = b"rtx"
+PEER_TOPICS = (TOPIC_TX, TOPIC_BLOCK)
+GOSSIP_TYPES = {TOPIC_TX: "gossip_tx", TOPIC_BLOCK: "gossip_block", TOPIC_RELAYED_TX: "gossip_tx"}
 register("gossip_tx", seq=Int(), tx=Bytes(1_000_000), epoch=Opt(Int()))
 register("gossip_block", seq=Int(), block=Bytes(), epoch=Opt(Int()))

@@ -55,7 +55,7 @@ from zcoin.payments import UNSERVED
 from zcoin.sockets import drain, open_socket
 from zcoin.tracker.lookup import request_members
 from zcoin.tracker.protocol import MemberInfo, TrackerUnavailable
-from zcoin.wire import TOPIC_BLOCK, TOPIC_TX
+from zcoin.wire import PEER_TOPICS, TOPIC_BLOCK, TOPIC_TX
 
 POLL_INTERVAL_S = 1.0
 REQUEST_TIMEOUT_S = 1.5  # a request slower than this goes to the next node
@@ -188,7 +188,7 @@ class Gossip:
         node.gossip = endpoint
         if not endpoint:
             return
-        sub = open_socket(self.cluster.context, zmq.SUB, subscribe=(TOPIC_TX, TOPIC_BLOCK))
+        sub = open_socket(self.cluster.context, zmq.SUB, subscribe=PEER_TOPICS)
         try:
             sub.connect(endpoint)
         except zmq.ZMQError as exc:
