@@ -72,6 +72,7 @@ from nodebench_util import (HWM, Daemon, cpu_times, log_records, node_endpoints,
 from zcoin import wire  # noqa: E402
 from zcoin.chain import Chain  # noqa: E402
 from zcoin.client import NodeClient  # noqa: E402
+from zcoin.sockets import Envelope  # noqa: E402
 from zcoin.consensus.builders import new_template, sign_transaction, solve  # noqa: E402
 from zcoin.consensus.params import REGTEST, ChainParams, dev_secret_key  # noqa: E402
 from zcoin.consensus.primitives import Block, OutPoint, Transaction, TxOut, sighash  # noqa: E402
@@ -196,7 +197,7 @@ def run_segment(target: Target, frames: list[bytes], raws: list[bytes], rate: fl
                     replies.append(stamp)
                     reply_frames.append(msg[-1])
                     continue
-                body = msgpack.unpackb(msg[-1], raw=False)
+                body = msgpack.unpackb(Envelope.gossip_parts(msg)[1], raw=False)
                 seen = arrivals[target.subs[sock]]
                 for raw in body.get("txs") or [body.get("tx")]:  # one transaction, or a batch of them
                     k = index.get(raw)

@@ -8,7 +8,7 @@ The baseline of the propagation benchmark is the same topology in bare pyzmq,
 also one process per hop, started from this file:
 
 - ``python bench/nodebench_util.py head``: a ROUTER that takes a frame, publishes
-  it unchanged on a PUB under topic ``tx`` and answers with a fixed frame (a node
+  it unchanged on a PUB under topic ``tx`` (one frame, as a node's gossip) and answers with a fixed frame (a node
   accepts, publishes, then answers, in that order);
 - ``python bench/nodebench_util.py relay --upstream ENDPOINT``: a SUB on the head's
   PUB that republishes every message on a PUB of its own (a node relays what it
@@ -201,6 +201,7 @@ def _socket(context: zmq.Context, kind: int) -> zmq.Socket:
 def serve_pubsub(kind: str, upstream: str | None) -> None:
     """Run one baseline hop until SIGTERM (see the module docstring)."""
     from zcoin import wire
+    from zcoin.sockets import Envelope
 
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
@@ -229,7 +230,7 @@ def serve_pubsub(kind: str, upstream: str | None) -> None:
             except zmq.Again:
                 break
             if kind == "head":
-                pub.send_multipart([b"tx", frames[-1]])
+                pub.send(Envelope.gossip(wire.TOPIC_TX, frames[-1]))  # framed as a node frames gossip
                 inbox.send_multipart([frames[0], reply])
             else:
                 pub.send_multipart(frames)

@@ -125,7 +125,7 @@ class ZmqTransport:
         self.links[name].dealer.send_multipart(Envelope.request(request_id, payload))
 
     def publish(self, topic: bytes, payload: bytes) -> None:
-        self.pub.send_multipart(Envelope.gossip(topic, payload))
+        self.pub.send(Envelope.gossip(topic, payload))
 
     def reply(self, route, payload: bytes) -> None:
         self.api.send_multipart(Envelope.reply(route, payload))

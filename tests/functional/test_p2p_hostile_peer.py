@@ -99,7 +99,7 @@ def test_hostile_peers_are_penalised_while_honest_nodes_stay_up_on_their_tips(cl
     valid = make_block(alpha.client, tag=b"valid-but-badly-wrapped")  # would move the tips if taken
     attacks = {  # attacker -> one round of its misbehaviour
         "garbage": lambda p: (p.gossip(b"block", os.urandom(64)), p.gossip(b"tx", b"\xc1"),
-                              p.gossip(b"block", b"a", b"b", b"c")),
+                              p.gossip_frames(b"block", b"a", b"b", b"c")),
         "wrong-version": lambda p: p.gossip(b"block", p.envelope("gossip_block", version=wire.PROTOCOL_VERSION + 1,
                                                                          seq=p.next_seq(), block=valid.raw)),
         "wrong-topic": lambda p: p.gossip(b"tx", wire.encode("gossip_block", seq=p.next_seq(), block=valid.raw)),

@@ -19,6 +19,7 @@ import zmq
 
 from zcoin import wire
 from zcoin.consensus.primitives import Block, Transaction
+from zcoin.sockets import Envelope
 from zcoin.tracker.agent import MembershipAgent
 from zcoin.tracker.protocol import MemberInfo
 
@@ -54,8 +55,12 @@ class HostilePeer:
 
     # -- gossip --
 
-    def gossip(self, *frames: bytes) -> None:
-        """Publish raw frames (a well-formed gossip message is ``[topic, payload]``)."""
+    def gossip(self, topic: bytes, payload: bytes) -> None:
+        """Publish ``payload`` under ``topic``, framed as a node frames gossip (whatever the payload)."""
+        self.pub.send(Envelope.gossip(topic, payload))
+
+    def gossip_frames(self, *frames: bytes) -> None:
+        """Publish raw frames (a well-formed gossip message is one frame)."""
         self.pub.send_multipart(list(frames))
 
     def next_seq(self) -> int:

@@ -52,7 +52,7 @@ from zcoin.consensus.params import ChainParams, network
 from zcoin.consensus.primitives import BlockHeader, Transaction, coinbase_height
 from zcoin.explorer.events import TREE_HEIGHTS_SHOWN, BlockTree, EventHub, TreeBlock
 from zcoin.payments import UNSERVED
-from zcoin.sockets import drain, open_socket
+from zcoin.sockets import Envelope, drain, open_socket
 from zcoin.tracker.lookup import request_members
 from zcoin.tracker.protocol import MemberInfo, TrackerUnavailable
 from zcoin.wire import PEER_TOPICS, TOPIC_BLOCK, TOPIC_TX
@@ -219,14 +219,13 @@ class Gossip:
 
     def _on_frames(self, node: Node, frames: list[bytes]) -> None:
         try:
-            if len(frames) != 2:
-                self._drop(node, f"gossip with {len(frames)} frames")
-            elif frames[0] == TOPIC_TX:
-                self._on_tx(node, frames[1])
-            elif frames[0] == TOPIC_BLOCK:
-                self._on_block(node, frames[1])
+            topic, payload = Envelope.gossip_parts(frames)
+            if topic == TOPIC_TX:
+                self._on_tx(node, payload)
+            elif topic == TOPIC_BLOCK:
+                self._on_block(node, payload)
             else:
-                self._drop(node, "unknown topic")
+                self._drop(node, f"topic {topic!r}: not subscribed")
         except Exception as exc:  # whatever a node sends, the explorer goes on
             self._drop(node, f"{type(exc).__name__}: {exc}")
 
