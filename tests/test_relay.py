@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from support.payments import premine_spend, spend_output
+from zcoin import wire
 from zcoin.config import NodeConfig
 from zcoin.consensus.builders import new_template, solve
 from zcoin.consensus.params import REGTEST
@@ -220,3 +221,27 @@ def test_only_the_node_that_took_a_payment_announces_it_to_peers_and_the_others_
     assert published == {"a": [b"tx"], "b": [b"rtx"], "c": [b"rtx"]}
     assert nodes["a"].seq == seqs["a"] + 1 and nodes["b"].seq == seqs["b"] and nodes["c"].seq == seqs["c"]
     assert all(n.counters.gossip_gaps == 0 for n in nodes.values())
+
+
+def test_what_a_turn_accepts_goes_out_in_one_announcement_and_is_taken_from_it(net, tmp_path):
+    """Transactions accepted in one turn go out together (``gossip_txs``); a peer takes every one
+    of them, and one bad transaction in a batch is held against its sender like a lone one."""
+    a, b = add(net, tmp_path, "a"), add(net, tmp_path, "b")
+    net.run_until(lambda: a.synced and b.synced, 10, "both synced")
+    sent: list[wire.Message] = []
+    original = a.transport.publish
+    a.transport.publish = lambda topic, payload: (sent.append(wire.decode(payload)), original(topic, payload))
+    txs = [premine_spend(i, to=i + 1) for i in range(3)]
+    for tx in txs:  # a client's pushes in one turn of a's loop (replies wait for the turn's end)
+        a.on_api(b"client", lambda reply: None, wire.encode("push_tx", tx=tx.raw))
+    assert sent == []  # nothing before the turn ends
+    a.flush()
+    assert [(m.type, m["txs"]) for m in sent] == [("gossip_txs", [tx.raw for tx in txs])]
+    net.run_until(lambda: all(tx.txid in b.mempool for tx in txs), 2, "b takes the batch")
+
+    forged = spend_output(txs[0], 0, 2, to=7)  # account 1's coin, signed by account 2
+    assert forged.txid not in b.mempool
+    good, score = premine_spend(4, to=5), b.score(b.peers["a"])
+    b.on_gossip("a", wire.TOPIC_TX, wire.encode("gossip_txs", seq=a.seq + 1, epoch=a.epoch,
+                                                txs=[good.raw, forged.raw]))
+    assert good.txid in b.mempool and forged.txid not in b.mempool and b.score(b.peers["a"]) > score

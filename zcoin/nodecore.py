@@ -132,7 +132,7 @@ class NodeCore:
         self._outbox: list[tuple[Any, bytes]] = []  # api replies, sent once what they acknowledge is on disk
         self._api_table = handler_table(API_REQUESTS, self.api)
         self._reply_table = handler_table(REPLY_TYPES.values(), self, self.download, self.relay)
-        self._gossip_table = handler_table(GOSSIP_TYPES.values(), self, self.relay)
+        self._gossip_table = handler_table({t for types in GOSSIP_TYPES.values() for t in types}, self, self.relay)
 
     @property
     def synced(self) -> bool:
@@ -144,10 +144,10 @@ class NodeCore:
         exist, even ones we were told to disconnect from, and no peer answers); None when it can."""
         if not self.synced:
             return "syncing"
+        if any(p.answered and not self.banned(p) for p in self.peers.values()):
+            return None
         members = set(self.membership.members()) - {self.name} if self.membership is not None else ()
-        if members and not any(p.answered and not self.banned(p) for p in self.peers.values()):
-            return "isolated"
-        return None
+        return "isolated" if members else None
 
     # --- life cycle ----------------------------------------------------------------------
 
@@ -168,7 +168,7 @@ class NodeCore:
             self.log.info("mempool restored", txs=len(self.mempool), dropped=len(gone))
 
     def flush(self, *, everything: bool = False) -> None:
-        """Write accepted transactions to disk, then send the replies that acknowledge them.
+        """At the end of a turn: announce what it accepted, write it to disk, then send the replies.
 
         Before any reply goes out, every transaction the node holds is on disk (so
         whatever a reply acknowledges survives ``kill -9``).  Transactions that only
@@ -176,6 +176,7 @@ class NodeCore:
         no one was told the node has them, its peers still do, and relay repair
         brings them back after a crash; so one commit (one fsync) covers many.
         """
+        self.relay.flush_announcements()
         now = self.clock.monotonic()
         if self.unsaved and (everything or self._outbox or now - self._saved_at >= MEMPOOL_SAVE_INTERVAL_S):
             self.store.save_mempool_txs(self.unsaved)
@@ -305,7 +306,7 @@ class NodeCore:
         except wire.WireError as exc:
             self.penalise(peer, PENALTY_MALFORMED, f"bad gossip: {exc.reason}")
             return
-        if msg.type != GOSSIP_TYPES.get(topic):
+        if msg.type not in GOSSIP_TYPES.get(topic, ()):
             self.penalise(peer, PENALTY_MALFORMED, f"{msg.type} on topic {topic[:16]!r}")
             return
         self.relay.on_gossip_numbers(peer, msg.get("epoch", 0), msg["seq"])
@@ -392,6 +393,7 @@ class NodeCore:
             self.log.warning("orphan rejected", block=bad_hash[::-1].hex(), reason=exc.reason)
         self._after_chain_update(update)
         if relay and update.connected and self.chain.tip.hash == block.hash:
+            self.relay.flush_announcements()  # announcements keep their order
             self.publish(TOPIC_BLOCK, "gossip_block", block=block.raw)
 
     def _after_chain_update(self, update) -> None:
@@ -419,7 +421,7 @@ class NodeCore:
                 for tx in block.txs[1:]:
                     if tx.txid in self.mempool:
                         self.unsaved.append((tx.txid, tx.raw))
-                        self.publish(TOPIC_TX, "gossip_tx", tx=tx.raw)
+                        self.relay.announce(TOPIC_TX, tx.raw)
         # A line per block once synced; while catching up (a line per block would be a fifth of the
         # work of a long sync), one every CATCHING_UP_LOG_S with the progress.
         level = "INFO" if self.download.ever_synced else "DEBUG"

@@ -22,7 +22,10 @@ the membership is a full mesh, so every member hears it from that miner, and
 copies from every other member would be three receptions per transaction in a
 cluster of four, most of a relay's CPU.  What a miner takes from a peer is
 announced under ``rtx``, which members do not subscribe to, for observers of its
-mempool.  A transaction whose parent has not
+mempool.  What one turn of the node's loop accepted goes out at the turn's end
+in one message per topic (``gossip_txs``; ``gossip_tx`` for one): a node that
+keeps up announces each transaction at once, one that falls behind under load
+pays a send (and its peers a receive) per batch.  A transaction whose parent has not
 arrived waits in a bounded, expiring orphan pool (as Bitcoin's) while its parent
 is asked of the peer that sent it, and is tried again when the parent comes.
 Transactions dropped because a block spent the same coins are remembered (a
@@ -122,6 +125,27 @@ class TxRelay:
         self.core = core
         self.orphans = OrphanPool()
         self.conflicts: OrderedDict[bytes, bytes] = OrderedDict()  # dropped txid -> txid of the confirmed spender
+        self.unannounced: dict[bytes, list[bytes]] = {}  # topic -> raw transactions accepted this turn
+        self._unannounced_bytes = 0
+
+    # --- announcements -------------------------------------------------------------------------
+
+    def announce(self, topic: bytes, raw: bytes) -> None:
+        """Announce a transaction under ``topic`` at the end of this turn (with the others of the turn)."""
+        batch = self.unannounced.setdefault(topic, [])
+        batch.append(raw)
+        self._unannounced_bytes += len(raw)
+        if len(batch) >= wire.MAX_TXS_PER_GOSSIP or self._unannounced_bytes >= wire.MAX_GOSSIP_BATCH_BYTES:
+            self.flush_announcements()
+
+    def flush_announcements(self) -> None:
+        """Publish what this turn accepted: one ``gossip_tx``, or several in one ``gossip_txs``, per topic."""
+        batches, self.unannounced, self._unannounced_bytes = self.unannounced, {}, 0
+        for topic, raws in batches.items():
+            if len(raws) == 1:
+                self.core.publish(topic, "gossip_tx", tx=raws[0])
+            else:
+                self.core.publish(topic, "gossip_txs", txs=raws)
 
     # --- transactions in ------------------------------------------------------------------------
 
@@ -137,7 +161,7 @@ class TxRelay:
         self.core.counters.txs_accepted += 1
         self.core.log.debug("tx accepted", txid=tx.txid_hex, fee=fee)
         self.core.unsaved.append((tx.txid, tx.raw))
-        self.core.publish(topic, "gossip_tx", tx=tx.raw)
+        self.announce(topic, tx.raw)
         self.on_accepted(tx)
         return fee
 
@@ -171,9 +195,18 @@ class TxRelay:
             self.accept_tx_from_peer(raw, peer)
 
     def on_gossip_tx(self, peer: Peer, msg: wire.Message) -> None:
-        if sha256d(msg["tx"]) in self.core.mempool:  # the txid hashes the canonical bytes: a copy we hold
+        self._on_announced(msg["tx"], peer)
+
+    def on_gossip_txs(self, peer: Peer, msg: wire.Message) -> None:
+        for raw in msg["txs"]:
+            if self.core.banned(peer):
+                return
+            self._on_announced(raw, peer)
+
+    def _on_announced(self, raw: bytes, peer: Peer) -> None:
+        if sha256d(raw) in self.core.mempool:  # the txid hashes the canonical bytes: a copy we hold
             return
-        self.accept_tx_from_peer(msg["tx"], peer)
+        self.accept_tx_from_peer(raw, peer)
 
     # --- what peers show of their gossip --------------------------------------------------
 

@@ -328,6 +328,14 @@ TOPIC_TX = b"tx"
 TOPIC_BLOCK = b"block"
 TOPIC_RELAYED_TX = b"rtx"
 PEER_TOPICS = (TOPIC_TX, TOPIC_BLOCK)
-GOSSIP_TYPES = {TOPIC_TX: "gossip_tx", TOPIC_BLOCK: "gossip_block", TOPIC_RELAYED_TX: "gossip_tx"}
+GOSSIP_TYPES = {TOPIC_TX: ("gossip_tx", "gossip_txs"), TOPIC_BLOCK: ("gossip_block",),
+                TOPIC_RELAYED_TX: ("gossip_tx", "gossip_txs")}
+# A publisher announces the transactions it accepted in one turn of its loop together (at most
+# MAX_TXS_PER_GOSSIP, or about MAX_GOSSIP_BATCH_BYTES), one of them as ``gossip_tx``, several as
+# ``gossip_txs``: a node that falls behind under load then pays a send and a receive per batch
+# rather than per transaction, and one that keeps up announces each at once.
+MAX_TXS_PER_GOSSIP = 64
+MAX_GOSSIP_BATCH_BYTES = 1_000_000
 register("gossip_tx", seq=Int(), tx=Bytes(1_000_000), epoch=Opt(Int()))
+register("gossip_txs", seq=Int(), txs=List(Bytes(1_000_000), max_len=MAX_TXS_PER_GOSSIP), epoch=Opt(Int()))
 register("gossip_block", seq=Int(), block=Bytes(), epoch=Opt(Int()))

@@ -230,25 +230,28 @@ class Gossip:
             self._drop(node, f"{type(exc).__name__}: {exc}")
 
     def _on_tx(self, node: Node, payload: bytes) -> None:
-        self.counts["tx"] += 1
+        """One transaction (``gossip_tx``) or several (``gossip_txs``) a node accepted first hand."""
         hub = self.cluster.hub
-        if not hub.subscriptions:
-            return  # nobody watches: nothing to compute
         try:
-            raw = msgpack.unpackb(payload).get("tx")
+            body = msgpack.unpackb(payload)
+            raws = body["txs"] if "txs" in body else [body.get("tx")]
         except Exception:  # msgpack raises many types on hostile bytes
-            raw = None
-        if type(raw) is not bytes:
+            raws = None
+        if type(raws) is not list or not all(type(raw) is bytes for raw in raws):
             self._drop(node, "gossip_tx without a transaction")
             return
-        txid = sha256d(raw)
-        recent, older = self._seen_txids
-        if txid in recent or txid in older:
-            return
-        recent.add(txid)
-        if len(recent) >= SEEN_TXIDS:
-            self._seen_txids = (set(), recent)
-        hub.publish_tx({"txid": display(txid), "node": node.name})
+        self.counts["tx"] += len(raws)
+        if not hub.subscriptions:
+            return  # nobody watches: nothing to compute
+        for raw in raws:
+            txid = sha256d(raw)
+            recent, older = self._seen_txids
+            if txid in recent or txid in older:
+                continue
+            recent.add(txid)
+            if len(recent) >= SEEN_TXIDS:
+                self._seen_txids = (set(), recent)
+            hub.publish_tx({"txid": display(txid), "node": node.name})
 
     def _on_block(self, node: Node, payload: bytes) -> None:
         """A block becomes the announcer's tip: credit it to the first announcer, and poll that node now."""

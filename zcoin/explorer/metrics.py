@@ -66,8 +66,9 @@ class ClusterCollector:
         yield from (family for _, family in gauges)
         yield from (family for _, family in counters)
         yield rejected
-        gossip = CounterMetricFamily("zcoin_explorer_gossip_messages", "Gossip messages the explorer received, "
-                                     "by topic; dropped: malformed ones.", labels=["topic"])
+        gossip = CounterMetricFamily("zcoin_explorer_gossip_messages", "Announcements the explorer received, "
+                                     "by topic (tx: transactions, several to a batch); dropped: malformed "
+                                     "messages.", labels=["topic"])
         for topic in ("tx", "block", "dropped"):
             gossip.add_metric([topic], float(self.cluster.gossip.counts[topic]))
         yield gossip
