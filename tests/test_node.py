@@ -260,3 +260,17 @@ def test_admin_requests_are_served_on_loopback_endpoints_only():
     assert is_loopback_endpoint("ipc:///tmp/x")
     assert not is_loopback_endpoint("tcp://0.0.0.0:9101")
     assert not is_loopback_endpoint("tcp://192.0.2.7:9101")
+
+
+def test_a_node_whose_store_cannot_open_leaves_no_socket_open(tmp_path):
+    from zcoin.config import NodeConfig
+    from zcoin.node import Node
+    from zcoin.storage import StoreError
+
+    (tmp_path / "chain.sqlite").write_bytes(b"not a database, " * 64)
+    node = Node(NodeConfig(name="broken", params=REGTEST, data_dir=tmp_path, mine=False,
+                           api="tcp://127.0.0.1:*", gossip="tcp://127.0.0.1:*"), context=zmq.Context())
+    with pytest.raises(StoreError, match="not a usable zcoin store"):
+        node.start()
+    assert node.transport.api.closed and node.transport.pub.closed
+    node.context.term()  # returns only once every socket of the context is closed

@@ -160,7 +160,12 @@ class Node:
         pub = open_socket(self.context, zmq.PUB, linger_ms=PUB_LINGER_MS, max_bytes=0)
         self.transport = ZmqTransport(self.context, self.poller, api, pub)
         self.core = NodeCore(self.config, self.transport, SystemClock(), epoch=secrets.randbits(62))
-        self.core.open()
+        try:
+            self.core.open()
+        except BaseException:  # a store it cannot open: nothing of the node stays open
+            api.close(linger=0)
+            pub.close(linger=0)
+            raise
         try:
             api.bind(self.config.api)
             pub.bind(self.config.gossip)
