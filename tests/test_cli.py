@@ -90,6 +90,18 @@ def test_every_one_character_change_of_an_address_is_refused():
                 decode_address(changed, LOCAL)
 
 
+def test_send_to_a_mistyped_address_is_a_usage_error_before_the_node_is_asked(tmp_path):
+    path = tmp_path / "dev0.json"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["wallet", "new", "--wallet", str(path), "--dev", "0"]).exit_code == 0
+    address = runner.invoke(cli, ["wallet", "address", "--wallet", str(path)]).output.split()[-1]
+    mistyped = address[:-1] + ("q" if address[-1] != "q" else "p")
+    result = runner.invoke(cli, ["send", "--node", "tcp://127.0.0.1:1", "--wallet", str(path), "--to", mistyped,
+                                 "--amount", "1000"])
+    assert result.exit_code == 2 and "--to" in result.output and "bad address" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "dev0.json.lock").exists()
+
+
 @pytest.mark.parametrize("what", ["verify", "header"])
 def test_bench_prints_a_figure_next_to_its_baseline(what):
     result = CliRunner().invoke(cli, ["bench", what, "--seconds", "0.2", "--json"])

@@ -447,11 +447,14 @@ def send_command(node, wallet_path, to_address, amount, fee, fee_rate, as_json, 
     from zcoin.payments import PushOutcome, pay, settle_payments
     from zcoin.wallet import WalletError, decode_address, locked_wallet
 
-    _load_wallet(wallet_path)  # a missing or broken file is reported before a lock file is made beside it
+    _, params = _load_wallet(wallet_path)  # a missing or broken file is reported before a lock file is made beside it
+    try:
+        to_pubkey = decode_address(to_address, params)
+    except WalletError as exc:  # a mistyped argument: a usage error, before anything is asked of the node
+        raise click.BadParameter(str(exc), param_hint="--to") from None
     try:
         with locked_wallet(wallet_path), _client(node, timeout_s) as client:
             wallet, params = _load_wallet(wallet_path)
-            to_pubkey = decode_address(to_address, params)
             try:
                 status = client.request("status")
                 if status["network"] != params.name:
