@@ -45,6 +45,15 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path):
     assert result.returncode == 1 and "miner.workers" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_miner_refuses_a_wallet_of_another_network(tmp_path):
+    wallet = tmp_path / "local.json"
+    assert run("wallet", "new", "--wallet", str(wallet), "--network", "local").returncode == 0
+    result = run("miner", "--network", "regtest", "--wallet", str(wallet), "--data-dir", str(tmp_path / "d"),
+                 "--api", "tcp://127.0.0.1:*", "--gossip", "tcp://127.0.0.1:*")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "network 'local'" in result.stderr and "'regtest'" in result.stderr and result.stderr.count("\n") == 1
+
+
 def test_unknown_network_is_a_usage_error(tmp_path):
     result = run("wallet", "new", "--wallet", str(tmp_path / "w.json"), "--network", "mainnet")
     assert result.returncode == 2 and "unknown network" in result.stderr

@@ -196,7 +196,10 @@ def miner_command(config_path, name, network, trackers, data_dir, api, gossip, w
                 wallet_file = data / "miner-wallet.json"
                 if not wallet_file.exists():
                     save_wallet(new_wallet(params), wallet_file)
-            payout = load_wallet(wallet_file).pubkey
+            wallet = load_wallet(wallet_file)
+            if wallet.network != params.name:  # its coins would be on a chain the wallet never asks about
+                _fail(f"{wallet_file}: a wallet for network {wallet.network!r}; this miner runs {params.name!r}")
+            payout = wallet.pubkey
         node = Node(NodeConfig(
             name=name, params=params, data_dir=data, api=api or cfg["api"], gossip=gossip or cfg["gossip"],
             trackers=tracker_list, mine=mine, mining=mode, workers=workers or cfg["workers"], payout=payout,
