@@ -204,6 +204,7 @@ def miner_command(config_path, name, network, trackers, data_dir, api, gossip, w
             name=name, params=params, data_dir=data, api=api or cfg["api"], gossip=gossip or cfg["gossip"],
             trackers=tracker_list, mine=mine, mining=mode, workers=workers or cfg["workers"], payout=payout,
             join_deadline_s=float(cfg["join_deadline_s"]), heartbeat_s=float(cfg["heartbeat_s"])))
+        node.freeze_gc = True  # this process is the node's: its long-lived objects can leave the collector
         node.start()
     except (WalletError, StoreError, StartError) as exc:
         _fail(str(exc))

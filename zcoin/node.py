@@ -18,6 +18,7 @@ Everything the node decides lives in the core; this module only moves frames
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import json
 import os
@@ -151,6 +152,9 @@ class Node:
         self.api_endpoint = self.gossip_endpoint = ""
         self.thread: threading.Thread | None = None
         self._stop = threading.Event()
+        # The process's own node (``zcoin miner``) sets this: see :meth:`_freeze_long_lived`.
+        self.freeze_gc = False
+        self._gc_frozen_at_sync = False
 
     def start(self) -> None:
         """Open the store, bind the sockets, join the trackers, start the mining pool."""
@@ -224,10 +228,23 @@ class Node:
         Closes the node however it ends; a tracker's final refusal of the name ends it with :class:`StartError`.
         """
         try:
+            self._freeze_long_lived()
             while not self._stop.is_set():
                 self.run_once(POLL_S)
+                if not self._gc_frozen_at_sync and self.core.download.ever_synced:
+                    self._gc_frozen_at_sync = True
+                    self._freeze_long_lived()
         finally:
             self.close()
+
+    def _freeze_long_lived(self) -> None:
+        """Move what the process holds now (modules, the block index, the UTXO cache after a sync) out of
+        the cycle collector's sight (``gc.freeze``, Instagram's recipe): its full collections then walk
+        only what came since, instead of stalling the loop for tens of ms as the heap grows (the
+        propagation benchmark's p99).  Frozen objects are still freed when no longer referenced."""
+        if self.freeze_gc:
+            gc.collect()
+            gc.freeze()
 
     def run_once(self, timeout_s: float = POLL_S) -> None:
         """One turn: wait for input up to ``timeout_s``, hand it to the core, run its timers, flush."""
