@@ -3,8 +3,10 @@
 Prints one JSON object (see :func:`zcoin.bench.bench_hash` for every field):
 the pool's rate with 1 and with N workers, measured from its own counters, and
 the rate of the same per-nonce work in a plain loop in this process, the three
-measured in alternating slices so that other load on the machine hits them
-alike.  Run it with ``python bench/bench_hash.py [--workers N] [--seconds S]``.
+measured in short alternating slices; rates are medians over the rounds and
+ratios (``scaling`` among them) medians of same-round ratios, beside the CPU that
+other processes took meanwhile (``other_load_cores``).  Run it with
+``python bench/bench_hash.py [--workers N] [--seconds S]``.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import zmq
 from support.chain import MINER_PUBKEY, open_chain
 from support.payments import dev_key, dev_outpoint, pay
 from support.waiting import wait_until
+from zcoin.bench import _measure_pool, _Phase
 from zcoin.chain import Chain
 from zcoin.consensus.builders import new_template, sign_transaction, solve
 from zcoin.consensus.crypto import sha256d
@@ -307,6 +308,29 @@ def test_hash_rates_per_worker_and_in_total(pool: MiningPool) -> None:
     # Workers run niced so that the node's own loop gets the CPU when it needs it.
     expected_nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICE)
     assert all(os.getpriority(os.PRIO_PROCESS, pid) == expected_nice for pid in pool.pids())
+
+
+def test_benchmark_window_counts_every_worker_and_closes_with_the_pool_idle(pool: MiningPool) -> None:
+    phase = _Phase()
+    counts = _measure_pool(phase, pool, job_at(1, REGTEST.genesis_time, NEVER_TARGET), 0.2)
+    assert len(counts) == WORKERS and all(count > 0 for count in counts)
+    assert phase.worker_hashes == counts and phase.hashes == sum(counts) and phase.seconds >= 0.2
+    # Every worker acknowledged idling, so none still hashes into the next phase's window.
+    assert pool.job is None and pool.switched_workers == WORKERS
+    idle = pool.hash_counts()
+    time.sleep(0.05)
+    assert pool.hash_counts() == idle
+
+
+def test_benchmark_scaling_is_the_median_of_same_round_ratios() -> None:
+    # A burst of other load that halves one N-worker window moves a ratio of totals, not the median.
+    one, many = _Phase(), _Phase()
+    for hashes_one, hashes_many in [(100, 200), (100, 200), (100, 100), (100, 200), (100, 200)]:
+        one.add(hashes_one, 1.0, cpu=1.0, machine_cpu=1.0)
+        many.add(hashes_many, 1.0, cpu=2.0, machine_cpu=2.5, bench_cpu=0.1)
+    assert many.ratio_to(one) == 2.0
+    assert many.total_rate / one.total_rate == pytest.approx(1.8)
+    assert many.other_cores() == pytest.approx((12.5 - 10.0 - 0.5) / 5)
 
 
 def test_stop_reaps_every_worker_and_is_idempotent() -> None:

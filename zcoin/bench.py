@@ -188,7 +188,9 @@ BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
 
 # --- mining (zcoin bench hash) -----------------------------------------------------------
 
-BENCH_SLICE_S = 0.5  # each measured phase; phases alternate so background load hits all alike
+BENCH_SLICE_S = 0.1  # each measured phase: short, so that the phases compared in a round run close in time
+BENCH_MIN_ROUNDS = 5  # a median of same-round ratios needs a few rounds, even on a short run
+BENCH_SETTLE_S = 0.01  # after a job hand-off, before a pool's window opens (see _measure_pool)
 BENCH_SWITCHES = 20  # job switches timed on the N-worker pool
 BENCH_READY_TIMEOUT_S = 30.0  # spawning workers on a loaded machine
 NO_HIT_TARGET = 1  # no hash meets it: the same per-hash work, and no worker stops at a hit
@@ -220,13 +222,21 @@ def _plain_loop(prefix: bytes, target: int, seconds: float, sha256: Any = hashli
 
 
 def _wait_switched(pool: MiningPool, timeout_s: float) -> None:
-    """Wait until every worker of ``pool`` acknowledged its current job."""
+    """Wait until every worker of ``pool`` acknowledged its current job (or idling)."""
     deadline = time.monotonic() + timeout_s
     while pool.switched_workers < pool.size:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise TimeoutError(f"{pool.size - pool.switched_workers} mining workers did not start")
+            raise TimeoutError(f"{pool.size - pool.switched_workers} mining workers did not switch")
         wait([pool], min(remaining, 0.5))
+        pool.poll_results()
+
+
+def _sleep_polling(pool: MiningPool, seconds: float) -> None:
+    """Sleep ``seconds``, waking only when ``pool`` has results (none come on :data:`NO_HIT_TARGET`)."""
+    deadline = time.perf_counter() + seconds
+    while (remaining := deadline - time.perf_counter()) > 0:
+        wait([pool], remaining)
         pool.poll_results()
 
 
@@ -243,18 +253,88 @@ def _cpu_seconds(pids: list[int | None]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def _measure_pool(pool: MiningPool, job: MiningJob, seconds: float) -> tuple[list[int], float, float]:
-    """Hashes per worker, wall time and worker CPU time while ``pool`` searches ``job`` for ``seconds``."""
+def _machine_cpu_seconds() -> float:
+    """CPU time every process of the machine has used since boot (Linux ``/proc/stat``; 0.0 elsewhere)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(field) for field in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    # user nice system idle iowait irq softirq steal ...: busy is all but idle and iowait; the
+    # guest fields are already inside user and nice.
+    return sum(fields[:3] + fields[5:8]) / os.sysconf("SC_CLK_TCK")
+
+
+class _Phase:
+    """One measured subject over the rounds: its rate in each round, and CPU and wall time in total."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+        self.hashes = 0
+        self.seconds = 0.0
+        self.cpu = 0.0  # the subject's CPU: the workers', or this process's for a loop
+        self.bench_cpu = 0.0  # this process's CPU while it waits on a pool
+        self.machine_cpu = 0.0  # every process's CPU over the same windows
+        self.worker_hashes: list[int] = []  # per worker, for a pool
+
+    def add(self, hashes: int, seconds: float, cpu: float, machine_cpu: float, bench_cpu: float = 0.0) -> None:
+        self.rates.append(hashes / seconds)
+        self.hashes += hashes
+        self.seconds += seconds
+        self.cpu += cpu
+        self.bench_cpu += bench_cpu
+        self.machine_cpu += machine_cpu
+
+    @property
+    def total_rate(self) -> float:
+        return self.hashes / self.seconds
+
+    def other_cores(self) -> float | None:
+        """Cores that other processes (not the subject, not this process) used during the windows."""
+        if not self.machine_cpu:
+            return None
+        return max(0.0, (self.machine_cpu - self.cpu - self.bench_cpu) / self.seconds)
+
+    def ratio_to(self, other: _Phase, factor: float = 1.0) -> float:
+        """Median over rounds of this rate / (``other``'s rate in the same round x ``factor``)."""
+        return median(a / (b * factor) for a, b in zip(self.rates, other.rates, strict=True))
+
+
+def _measure_loop(phase: _Phase, prefix: bytes, target: int, seconds: float, sha256: Any) -> None:
+    """One slice of :func:`_plain_loop` in this process, recorded in ``phase``."""
+    cpu, machine = time.process_time(), _machine_cpu_seconds()
+    hashes, elapsed = _plain_loop(prefix, target, seconds, sha256)
+    phase.add(hashes, elapsed, time.process_time() - cpu, _machine_cpu_seconds() - machine)
+
+
+def _measure_pool(phase: _Phase, pool: MiningPool, job: MiningJob, seconds: float) -> list[int]:
+    """Hashes per worker while ``pool`` searches ``job`` for ``seconds``; rate and CPU go to ``phase``.
+
+    The window opens :data:`BENCH_SETTLE_S` after every worker acknowledged the
+    job: a worker adds to its counter every ``CHECK_INTERVAL_HASHES`` hashes, so
+    the counters then lag the work by the same amount on average at both ends
+    of the window (opened at once, the window would count the hashes done
+    before it and drop those after it).  It closes with every worker idle
+    again: the pool measured next (or the loop) never shares the cores with
+    workers still finishing this job.
+    """
     pool.submit(job)
     _wait_switched(pool, BENCH_READY_TIMEOUT_S)
-    first, start, cpu = pool.hash_counts(), time.perf_counter(), _cpu_seconds(pool.pids())
-    deadline = start + seconds
-    while (remaining := deadline - time.perf_counter()) > 0:
-        wait([pool], remaining)
-        pool.poll_results()
-    last, elapsed, cpu = pool.hash_counts(), time.perf_counter() - start, _cpu_seconds(pool.pids()) - cpu
+    _sleep_polling(pool, BENCH_SETTLE_S)
+    pids = pool.pids()
+    own = time.process_time()
+    first, cpu, machine = pool.hash_counts(), _cpu_seconds(pids), _machine_cpu_seconds()
+    start = time.perf_counter()
+    _sleep_polling(pool, seconds)
+    elapsed = time.perf_counter() - start
+    last, cpu, machine = pool.hash_counts(), _cpu_seconds(pids) - cpu, _machine_cpu_seconds() - machine
+    own = time.process_time() - own
     pool.cancel()
-    return [b - a for a, b in zip(first, last, strict=True)], elapsed, cpu
+    _wait_switched(pool, BENCH_READY_TIMEOUT_S)
+    counts = [b - a for a, b in zip(first, last, strict=True)]
+    phase.add(sum(counts), elapsed, cpu, machine, own)
+    phase.worker_hashes = [a + b for a, b in zip(phase.worker_hashes or [0] * len(counts), counts, strict=True)]
+    return counts
 
 
 def _load_average() -> float | None:
@@ -267,26 +347,36 @@ def _load_average() -> float | None:
 def bench_hash(workers: int | None = None, seconds: float = 5.0) -> dict:
     """Hash rate of the pool with 1 and ``workers`` workers against plain in-process loops.
 
-    Four measurements alternate in slices over about ``seconds`` so that other
-    load on the machine hits them alike.  The job is the local network's
-    genesis header with a target no hash meets (:data:`NO_HIT_TARGET`): a
-    worker stops at its first hit, and a hit would cut its measurement short.
-    Reported:
+    Four measurements alternate in rounds of short slices over about
+    ``seconds`` (at least :data:`BENCH_MIN_ROUNDS` rounds; every other round
+    runs them in reverse order).  Rates are medians over the rounds and ratios
+    medians of ratios taken in the same round, as in :func:`_summary`: other
+    load on a shared machine comes in bursts, and a burst falls unevenly on
+    the phases (the 1-worker pool and the loops leave a core free to absorb
+    it, a pool with a worker per core does not), so a ratio of totals moves
+    with the few slices a burst hit.  The job is the local network's genesis
+    header with a target no hash meets (:data:`NO_HIT_TARGET`): a worker stops
+    at its first hit, and a hit would cut its measurement short.  Reported:
 
     - ``baseline_hashes_per_second``: the plain hashlib midstate loop in this
       process (:func:`_plain_loop` with ``hashlib.sha256``, i.e. OpenSSL);
     - ``kernel_hashes_per_second``: the same loop with the hash type the
       workers use (:data:`_SHA256`): a worker's exact work without the pool;
-    - ``hashes_per_second`` / ``per_worker_hashes_per_second``: the
-      ``workers``-worker pool, from its own counters;
+    - ``hashes_per_second``: the ``workers``-worker pool, from its own
+      counters; ``per_worker_hashes_per_second`` over all its windows;
     - ``hashes_per_second_1_worker``: the pool with one worker;
     - ``per_worker_ratio`` = 1-worker pool / baseline;
       ``pool_overhead_ratio`` = 1-worker pool / kernel (what the pool's
       counters, checks and processes cost);
-    - ``scaling`` = ``workers``-worker pool / 1-worker pool; other load on the
-      machine lowers it, so ``cores_used`` (worker CPU seconds per second,
-      ideally ``workers``) and ``scaling_per_core`` (hashes per worker CPU
-      second, N workers against one) tell contention from pool overhead;
+    - ``scaling`` = ``workers``-worker pool / 1-worker pool, with
+      ``scaling_rounds`` (each round's ratio) and ``scaling_of_totals`` (all
+      hashes over all windows, N workers against one: it falls below
+      ``scaling`` when a burst of other load hit some windows).  Judge it by
+      ``cores_used`` (worker CPU seconds per second, ideally ``workers``),
+      ``scaling_per_core`` (hashes per worker CPU second, N workers against
+      one: what contention costs beyond lost CPU) and ``other_load_cores``
+      (CPU of every other process on the machine during the 1-worker and the
+      N-worker windows);
     - ``ratio`` = ``hashes_per_second`` / (baseline x ``workers``): the whole
       pool against ideal scaling of the plain loop;
     - ``switch_latency_ms``: from :meth:`MiningPool.submit` of a new job while
@@ -299,31 +389,27 @@ def bench_hash(workers: int | None = None, seconds: float = 5.0) -> dict:
     prefix = header.serialize()[:HEADER_PREFIX_BYTES]
     target = NO_HIT_TARGET
     phases = 4
-    rounds = max(1, round(seconds / (phases * BENCH_SLICE_S)))
+    rounds = max(BENCH_MIN_ROUNDS, round(seconds / (phases * BENCH_SLICE_S)))
     slice_s = seconds / (phases * rounds)
     job_ids = iter(range(1, 1 << 62))
 
     def next_job() -> MiningJob:
         return MiningJob(next(job_ids), prefix, target, header.time, header.time + LOCAL.max_future_block_time_s)
 
-    totals = {"baseline": [0, 0.0], "kernel": [0, 0.0], "one": [0, 0.0]}
-    many, many_time = [0] * workers, 0.0
-    one_cpu = many_cpu = 0.0
+    baseline, kernel, one_worker, many_workers = _Phase(), _Phase(), _Phase(), _Phase()
     latencies = []
     # nice=0: measured against a loop in this process, the workers must not yield to it.
     with MiningPool(1, nice=0) as one, MiningPool(workers, nice=0) as pool:
-        for _ in range(rounds):
-            for name, sha256 in (("baseline", hashlib.sha256), ("kernel", _SHA256)):
-                hashes, elapsed = _plain_loop(prefix, target, slice_s, sha256)
-                totals[name][0] += hashes
-                totals[name][1] += elapsed
-            counts, elapsed, cpu = _measure_pool(one, next_job(), slice_s)
-            totals["one"][0] += sum(counts)
-            totals["one"][1] += elapsed
-            one_cpu += cpu
-            counts, elapsed, cpu = _measure_pool(pool, next_job(), slice_s)
-            many, many_time = [a + b for a, b in zip(many, counts, strict=True)], many_time + elapsed
-            many_cpu += cpu
+        measurements: list[Callable[[], object]] = [
+            lambda: _measure_loop(baseline, prefix, target, slice_s, hashlib.sha256),
+            lambda: _measure_loop(kernel, prefix, target, slice_s, _SHA256),
+            lambda: _measure_pool(one_worker, one, next_job(), slice_s),
+            lambda: _measure_pool(many_workers, pool, next_job(), slice_s),
+        ]
+        for round_ in range(rounds):
+            # Every other round in reverse order: a machine speeding up or slowing down favours no phase.
+            for measure in measurements if round_ % 2 == 0 else reversed(measurements):
+                measure()
         for _ in range(BENCH_SWITCHES):
             before = pool.hash_counts()
             pool.submit(next_job())
@@ -337,26 +423,31 @@ def bench_hash(workers: int | None = None, seconds: float = 5.0) -> dict:
                 wait([pool], 0.001)
                 pool.poll_results()
         pool.cancel()
-    baseline, kernel, rate_one = (hashes / elapsed for hashes, elapsed in totals.values())
-    per_worker = [hashes / many_time for hashes in many]
-    rate_many = sum(per_worker)
-    cores_one, cores_many = one_cpu / totals["one"][1], many_cpu / many_time
+    rate_many, rate_one = median(many_workers.rates), median(one_worker.rates)
+    cores_one = one_worker.cpu / one_worker.seconds
+    cores_many = many_workers.cpu / many_workers.seconds
+    other_one, other_many = one_worker.other_cores(), many_workers.other_cores()
     return {
         "workers": workers,
-        "seconds": round(sum(elapsed for _, elapsed in totals.values()) + many_time, 3),
+        "seconds": round(sum(p.seconds for p in (baseline, kernel, one_worker, many_workers)), 3),
+        "rounds": rounds,
         "hashes_per_second": round(rate_many),
-        "per_worker_hashes_per_second": [round(rate) for rate in per_worker],
+        "per_worker_hashes_per_second": [round(hashes / many_workers.seconds) for hashes in many_workers.worker_hashes],
         "hashes_per_second_1_worker": round(rate_one),
-        "baseline_hashes_per_second": round(baseline),
-        "kernel_hashes_per_second": round(kernel),
-        "ratio": round(rate_many / (baseline * workers), 3),
-        "per_worker_ratio": round(rate_one / baseline, 3),
-        "pool_overhead_ratio": round(rate_one / kernel, 3),
-        "scaling": round(rate_many / rate_one, 3),
+        "baseline_hashes_per_second": round(median(baseline.rates)),
+        "kernel_hashes_per_second": round(median(kernel.rates)),
+        "ratio": round(many_workers.ratio_to(baseline, workers), 3),
+        "per_worker_ratio": round(one_worker.ratio_to(baseline), 3),
+        "pool_overhead_ratio": round(one_worker.ratio_to(kernel), 3),
+        "scaling": round(many_workers.ratio_to(one_worker), 3),
+        "scaling_rounds": [round(a / b, 3) for a, b in zip(many_workers.rates, one_worker.rates, strict=True)],
+        "scaling_of_totals": round(many_workers.total_rate / one_worker.total_rate, 3),
         "cores_used_1_worker": round(cores_one, 2),
         "cores_used": round(cores_many, 2),
-        "scaling_per_core": round((rate_many / cores_many) / (rate_one / cores_one), 3) if cores_one and cores_many
-        else None,
+        "scaling_per_core": round((many_workers.total_rate / cores_many) / (one_worker.total_rate / cores_one), 3)
+        if cores_one and cores_many else None,
+        "other_load_cores": {"1_worker": None if other_one is None else round(other_one, 2),
+                             "n_workers": None if other_many is None else round(other_many, 2)},
         "switch_latency_ms": {"median": round(median(latencies) * 1000, 2),
                               "max": round(max(latencies) * 1000, 2)},
         "check_interval_hashes": CHECK_INTERVAL_HASHES,
