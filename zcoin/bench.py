@@ -18,6 +18,7 @@ goals are reported next to ratios.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import statistics
 import time
@@ -221,6 +222,53 @@ def _plain_loop(prefix: bytes, target: int, seconds: float, sha256: Any = hashli
     return hashes, time.perf_counter() - start
 
 
+def _plain_child(conn: Any, prefix: bytes, target: int) -> None:
+    """A process of :class:`_PlainProcesses`: runs the workers' kernel for the seconds it is sent."""
+    while (seconds := conn.recv()) is not None:
+        conn.send(_plain_loop(prefix, target, seconds, _SHA256))
+
+
+class _PlainProcesses:
+    """Processes that run the plain kernel loop on command, no pool around it: how the machine
+    itself scales from one busy process to N (a host may not give N virtual CPUs N cores' work)."""
+
+    def __init__(self, count: int, prefix: bytes, target: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conns, self.procs = [], []
+        for _ in range(count):
+            ours, theirs = context.Pipe()
+            proc = context.Process(target=_plain_child, args=(theirs, prefix, target), daemon=True)
+            proc.start()
+            self.conns.append(ours)
+            self.procs.append(proc)
+
+    def measure(self, phase: _Phase, count: int, seconds: float) -> None:
+        """``count`` of the processes run ``seconds`` at once; their summed rate goes to ``phase``."""
+        pids = [proc.pid for proc in self.procs[:count]]
+        cpu, machine = _cpu_seconds(pids), _machine_cpu_seconds()
+        for conn in self.conns[:count]:
+            conn.send(seconds)
+        results = [conn.recv() for conn in self.conns[:count]]
+        elapsed = max(e for _, e in results)
+        rate = sum(h / e for h, e in results)
+        phase.add(round(rate * elapsed), elapsed, _cpu_seconds(pids) - cpu, _machine_cpu_seconds() - machine)
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.send(None)
+        for proc in self.procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+    def __enter__(self) -> _PlainProcesses:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def _wait_switched(pool: MiningPool, timeout_s: float) -> None:
     """Wait until every worker of ``pool`` acknowledged its current job (or idling)."""
     deadline = time.monotonic() + timeout_s
@@ -377,6 +425,11 @@ def bench_hash(workers: int | None = None, seconds: float = 5.0) -> dict:
       one: what contention costs beyond lost CPU) and ``other_load_cores``
       (CPU of every other process on the machine during the 1-worker and the
       N-worker windows);
+    - ``machine_scaling``: the same for ``workers`` plain processes running the
+      kernel against one (no pool: what the machine gives, as a host may not
+      give N virtual CPUs N cores' work), and ``scaling_to_machine`` = the
+      median of same-round ``scaling`` / ``machine_scaling`` (1.0: the pool
+      scales as well as the machine lets anything scale);
     - ``ratio`` = ``hashes_per_second`` / (baseline x ``workers``): the whole
       pool against ideal scaling of the plain loop;
     - ``switch_latency_ms``: from :meth:`MiningPool.submit` of a new job while
@@ -388,7 +441,7 @@ def bench_hash(workers: int | None = None, seconds: float = 5.0) -> dict:
     header = LOCAL.genesis.header
     prefix = header.serialize()[:HEADER_PREFIX_BYTES]
     target = NO_HIT_TARGET
-    phases = 4
+    phases = 6
     rounds = max(BENCH_MIN_ROUNDS, round(seconds / (phases * BENCH_SLICE_S)))
     slice_s = seconds / (phases * rounds)
     job_ids = iter(range(1, 1 << 62))
@@ -397,10 +450,14 @@ def bench_hash(workers: int | None = None, seconds: float = 5.0) -> dict:
         return MiningJob(next(job_ids), prefix, target, header.time, header.time + LOCAL.max_future_block_time_s)
 
     baseline, kernel, one_worker, many_workers = _Phase(), _Phase(), _Phase(), _Phase()
+    one_plain, many_plain = _Phase(), _Phase()
     latencies = []
     # nice=0: measured against a loop in this process, the workers must not yield to it.
-    with MiningPool(1, nice=0) as one, MiningPool(workers, nice=0) as pool:
+    with MiningPool(1, nice=0) as one, MiningPool(workers, nice=0) as pool, \
+            _PlainProcesses(workers, prefix, target) as plain:
         measurements: list[Callable[[], object]] = [
+            lambda: plain.measure(one_plain, 1, slice_s),
+            lambda: plain.measure(many_plain, workers, slice_s),
             lambda: _measure_loop(baseline, prefix, target, slice_s, hashlib.sha256),
             lambda: _measure_loop(kernel, prefix, target, slice_s, _SHA256),
             lambda: _measure_pool(one_worker, one, next_job(), slice_s),
@@ -429,7 +486,8 @@ def bench_hash(workers: int | None = None, seconds: float = 5.0) -> dict:
     other_one, other_many = one_worker.other_cores(), many_workers.other_cores()
     return {
         "workers": workers,
-        "seconds": round(sum(p.seconds for p in (baseline, kernel, one_worker, many_workers)), 3),
+        "seconds": round(sum(p.seconds for p in (baseline, kernel, one_worker, many_workers, one_plain, many_plain)),
+                         3),
         "rounds": rounds,
         "hashes_per_second": round(rate_many),
         "per_worker_hashes_per_second": [round(hashes / many_workers.seconds) for hashes in many_workers.worker_hashes],
@@ -442,6 +500,10 @@ def bench_hash(workers: int | None = None, seconds: float = 5.0) -> dict:
         "scaling": round(many_workers.ratio_to(one_worker), 3),
         "scaling_rounds": [round(a / b, 3) for a, b in zip(many_workers.rates, one_worker.rates, strict=True)],
         "scaling_of_totals": round(many_workers.total_rate / one_worker.total_rate, 3),
+        "machine_scaling": round(many_plain.ratio_to(one_plain), 3),
+        "scaling_to_machine": round(median(p / m for p, m in zip(
+            (a / b for a, b in zip(many_workers.rates, one_worker.rates, strict=True)),
+            (a / b for a, b in zip(many_plain.rates, one_plain.rates, strict=True)), strict=True)), 3),
         "cores_used_1_worker": round(cores_one, 2),
         "cores_used": round(cores_many, 2),
         "scaling_per_core": round((many_workers.total_rate / cores_many) / (one_worker.total_rate / cores_one), 3)
