@@ -25,7 +25,7 @@ import zmq
 from support.chain import MINER_PUBKEY, open_chain
 from support.payments import dev_key, dev_outpoint, pay
 from support.waiting import wait_until
-from zcoin.bench import _measure_pool, _Phase
+from zcoin.bench import NO_HIT_TARGET, _measure_pool, _Phase, _PlainProcesses
 from zcoin.chain import Chain
 from zcoin.consensus.builders import new_template, sign_transaction, solve
 from zcoin.consensus.crypto import sha256d
@@ -331,6 +331,16 @@ def test_benchmark_scaling_is_the_median_of_same_round_ratios() -> None:
     assert many.ratio_to(one) == 2.0
     assert many.total_rate / one.total_rate == pytest.approx(1.8)
     assert many.other_cores() == pytest.approx((12.5 - 10.0 - 0.5) / 5)
+
+
+def test_the_machine_baseline_runs_the_kernel_in_as_many_processes_and_reaps_them() -> None:
+    one, both = _Phase(), _Phase()
+    with _PlainProcesses(2, REGTEST.genesis.header.serialize()[:76], NO_HIT_TARGET) as plain:
+        plain.measure(one, 1, 0.1)
+        plain.measure(both, 2, 0.1)
+        procs = list(plain.procs)
+    assert one.hashes > 0 and both.hashes > 0 and len(both.rates) == 1 and both.seconds >= 0.1
+    assert not any(proc.is_alive() for proc in procs)
 
 
 def test_stop_reaps_every_worker_and_is_idempotent() -> None:
