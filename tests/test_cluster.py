@@ -175,7 +175,8 @@ def test_client_errors_are_one_line_with_exit_status_1(procs, tmp_path):
     bad, again = each(lambda args: procs.cli(*args), [
         ("send", "--node", "tcp://127.0.0.1:1", "--wallet", str(wallet), "--to", typo, "--amount", "5"),
         ("wallet", "new", "--wallet", str(wallet))])
-    assert bad.returncode == 1 and "checksum" in bad.stderr and "Traceback" not in bad.stderr
+    # A mistyped address is a bad argument, like an unknown --network: a usage error (2) naming --to.
+    assert bad.returncode == 2 and "checksum" in bad.stderr and "--to" in bad.stderr and "Traceback" not in bad.stderr
     assert again.returncode == 1 and "--force" in again.stderr
     assert (wallet.stat().st_mode & 0o777) == 0o600
 
