@@ -17,13 +17,19 @@ caller is told which ancestor to fetch; once the parent connects, the orphans
 follow.  Headers may come first (headers-first sync): :meth:`Chain.add_header`
 indexes a checked header without its body, and :meth:`Chain.blocks_to_fetch`
 lists the bodies the best header chain still lacks.
+
+A block's signatures are verified by a :class:`SignatureCheckQueue`, on the
+calling thread and one worker thread (as Core's ``CCheckQueue``), which stops
+when the chain or its store is closed.
 """
 
 from __future__ import annotations
 
 import itertools
+import queue
+import threading
 from collections import OrderedDict, deque
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from loguru import logger
@@ -34,9 +40,11 @@ from zcoin.consensus.pow import block_work, check_pow
 from zcoin.consensus.primitives import Block, BlockHeader
 from zcoin.consensus.validation import (
     HeaderContext,
+    SignatureCheck,
     check_block,
     check_header_context,
     connect_block,
+    first_invalid_signature,
     median_time_past,
     next_bits,
     reorg_path,
@@ -48,6 +56,10 @@ MAX_ORPHAN_BLOCKS = 256
 MAX_ORPHAN_BYTES = 32 * 1024 * 1024
 MAX_LOCATOR_HASHES = 64
 MAX_CACHED_GAPS = 64  # sync targets (peer tips) whose path from the active chain is kept
+# A verify costs some 60 us, a hand-off to the worker and back some 20 us.  Measured on 2 cores with
+# the second one idle, splitting gains x1.5 at 2 signatures, x1.3 at 3, x1.6 at 4, x1.85 at 8; with
+# the second core busy it gains nothing, so only blocks with a few verifies per thread are split.
+PARALLEL_MIN_SIGNATURES = 4
 
 
 class BlockInvalidAncestor(E.InvalidBlock):
@@ -177,6 +189,62 @@ class OrphanPool:
         return missing
 
 
+class SignatureCheckQueue:
+    """Verifies a block's signatures on the calling thread and one worker thread (Core's ``CCheckQueue``).
+
+    A :data:`~zcoin.consensus.validation.SignatureVerifier`.  libsecp256k1 runs without
+    the GIL (coincurve's calls release it), so two threads verify a block's checks almost
+    twice as fast when the machine has a core to spare.  Below ``min_parallel`` checks
+    the hand-off costs more than it saves and the caller verifies them alone.  The
+    worker is started on first use and stopped by :meth:`close`; one caller at a time.
+    """
+
+    def __init__(self, min_parallel: int = PARALLEL_MIN_SIGNATURES) -> None:
+        self.min_parallel = min_parallel
+        self._jobs: queue.SimpleQueue[tuple[int, Sequence[SignatureCheck]] | None] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[tuple[int, int | None | BaseException]] = queue.SimpleQueue()
+        self._tickets = itertools.count()
+        self._worker: threading.Thread | None = None
+
+    def __call__(self, checks: Sequence[SignatureCheck]) -> int | None:
+        """The position of the first failing check in ``checks``, or None."""
+        if len(checks) < self.min_parallel:
+            return first_invalid_signature(checks)
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, name="signature-checks", daemon=True)
+            self._worker.start()
+        half = len(checks) // 2
+        ticket = next(self._tickets)
+        self._jobs.put((ticket, checks[half:]))
+        try:
+            failed = first_invalid_signature(checks[:half])
+        finally:
+            # Always wait for the worker's answer; one left over by an interrupted call is skipped.
+            while (answer := self._results.get())[0] != ticket:
+                pass
+        theirs = answer[1]
+        if failed is not None:
+            return failed
+        if isinstance(theirs, BaseException):
+            raise theirs
+        return None if theirs is None else half + theirs
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            ticket, checks = job
+            try:
+                self._results.put((ticket, first_invalid_signature(checks)))
+            except BaseException as exc:  # raised in the caller's thread: the worker carries on
+                self._results.put((ticket, exc))
+
+    def close(self) -> None:
+        """Stop the worker thread, if it runs (a later call starts it again)."""
+        if self._worker is not None:
+            self._jobs.put(None)
+            self._worker.join()
+            self._worker = None
+
+
 class Chain:
     """A node's view of the block tree and its active chain (see the module docstring)."""
 
@@ -184,7 +252,13 @@ class Chain:
         self.store = store
         self.params = params
         self.orphans = orphans if orphans is not None else OrphanPool()  # an empty pool is falsy
+        self.signature_checks = SignatureCheckQueue()
+        store.call_on_close(self.signature_checks.close)  # whoever closes the store stops the worker
         self._load()
+
+    def close(self) -> None:
+        """Stop the signature worker thread (closing the store stops it too)."""
+        self.signature_checks.close()
 
     def _load(self) -> None:
         """Read the block index and the active chain from the store."""
@@ -477,7 +551,7 @@ class Chain:
                 block = just_received if just_received is not None and just_received.hash == entry.hash \
                     else self.store.get_block(entry.hash)
                 try:
-                    diff = connect_block(block, entry.height, self.store, self.params)
+                    diff = connect_block(block, entry.height, self.store, self.params, self.signature_checks)
                 except E.InvalidBlock as exc:
                     self._mark_invalid(entry)
                     update.invalid.append((entry.hash, exc))

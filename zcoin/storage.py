@@ -51,6 +51,7 @@ the decisions about which chain to follow in ``zcoin.chain``.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from operator import itemgetter
 from pathlib import Path
 
@@ -270,6 +271,7 @@ class ChainStore:
         self.flush_every_blocks = flush_every_blocks
         self.flushed_at: float | None = None  # the node clock's time of the last timed flush
         self.cache: StateCache | None = None  # set once the store is open
+        self._on_close: list[Callable[[], None]] = []
         unclean = _wal_has_content(self.path)
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
@@ -389,8 +391,14 @@ class ChainStore:
         if flush:
             self.flush()
 
+    def call_on_close(self, callback: Callable[[], None]) -> None:
+        """Have :meth:`close` call ``callback`` first (to stop what lives as long as the store, as threads)."""
+        self._on_close.append(callback)
+
     def close(self) -> None:
         """Flush the cache and close the file (a checkpoint folds the WAL back in)."""
+        for callback in self._on_close:
+            callback()
         try:
             self.flush()
         except sqlite3.Error:  # nothing is lost: the next open replays the blocks after the last flush

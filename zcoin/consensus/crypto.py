@@ -29,14 +29,7 @@ def sha256d(data: bytes) -> bytes:
 
 def merkle_root(txids: list[bytes]) -> bytes:
     """Bitcoin's merkle root of ``txids`` (internal byte order in and out)."""
-    if not txids:
-        raise ValueError("merkle root of an empty list")
-    level = list(txids)
-    while len(level) > 1:
-        if len(level) % 2:
-            level.append(level[-1])
-        level = [sha256d(level[i] + level[i + 1]) for i in range(0, len(level), 2)]
-    return level[0]
+    return merkle_root_and_mutation(txids)[0]
 
 
 def has_duplicate_tail(txids: list[bytes]) -> bool:
@@ -45,15 +38,23 @@ def has_duplicate_tail(txids: list[bytes]) -> bool:
     Such a list has the same root as the list without the duplicate, so a block
     with it must be refused without marking the honest block with that header invalid.
     """
+    return merkle_root_and_mutation(txids)[1]
+
+
+def merkle_root_and_mutation(txids: list[bytes]) -> tuple[bytes, bool]:
+    """The merkle root of ``txids`` and whether some level pairs two equal hashes, in one pass
+    (as Core's ``ComputeMerkleRoot``): see :func:`merkle_root` and :func:`has_duplicate_tail`."""
+    if not txids:
+        raise ValueError("merkle root of an empty list")
     level = list(txids)
+    mutated = False
     while len(level) > 1:
-        for i in range(0, len(level) - 1, 2):
-            if level[i] == level[i + 1]:
-                return True
+        if not mutated:
+            mutated = any(level[i] == level[i + 1] for i in range(0, len(level) - 1, 2))
         if len(level) % 2:
             level.append(level[-1])
-        level = [sha256d(level[i] + level[i + 1]) for i in range(0, len(level), 2)]
-    return False
+        level = [_sha256(_sha256(level[i] + level[i + 1]).digest()).digest() for i in range(0, len(level), 2)]
+    return level[0], mutated
 
 
 _TAG_CACHE: dict[bytes, bytes] = {}

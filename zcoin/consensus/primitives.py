@@ -125,8 +125,11 @@ class OutPoint:
     index: int
 
     def __post_init__(self) -> None:
-        _check_hash("txid", self.txid)
-        _check_uint32("index", self.index)
+        # The checks of _check_hash and _check_uint32 inline: a block makes an outpoint per input and output.
+        if type(self.txid) is not bytes or len(self.txid) != HASH_BYTES:
+            _check_hash("txid", self.txid)
+        if type(self.index) is not int or not 0 <= self.index <= UINT32_MAX:
+            _check_uint32("index", self.index)
 
     def __str__(self) -> str:
         return f"{self.txid[::-1].hex()}:{self.index}"
@@ -211,7 +214,10 @@ class Transaction:
     @property
     def is_coinbase(self) -> bool:
         """True for the coinbase shape: one input spending the null outpoint."""
-        return len(self.inputs) == 1 and self.inputs[0].prev == NULL_OUTPOINT
+        if len(self.inputs) != 1:
+            return False
+        prev = self.inputs[0].prev
+        return prev.index == UINT32_MAX and prev.txid == NULL_HASH  # == NULL_OUTPOINT, without building tuples
 
     @property
     def size(self) -> int:

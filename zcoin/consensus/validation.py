@@ -12,8 +12,14 @@ first:
    amounts, proof of work, merkle root, coinbase placement);
 2. :func:`check_header_context` - against its parent (expected bits, time window);
 3. :func:`connect_block` - against the UTXO set (inputs unspent and mature,
-   signatures, no double spend, coinbase amount), returning the undo data that
-   :func:`disconnect_block` needs to restore the set exactly.
+   no double spend, coinbase amount, then the signatures), returning the undo
+   data that :func:`disconnect_block` needs to restore the set exactly.
+
+A block's signatures are checked last and all together, as
+:class:`SignatureCheck` items handed to a :data:`SignatureVerifier` that the
+caller chooses (Bitcoin Core's ``CCheckQueue``): the default verifies them one
+after the other; the chain manager may spread them over threads.  Either way the
+first failing check in block order is the one reported.
 
 Fork choice (:func:`reorg_path`) picks the chain with the most cumulative work
 and lists the blocks to disconnect and connect to reach it.
@@ -21,12 +27,12 @@ and lists the blocks to disconnect and connect to reach it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from zcoin.consensus import errors as E
-from zcoin.consensus.crypto import has_duplicate_tail, merkle_root, schnorr_verify
+from zcoin.consensus.crypto import merkle_root_and_mutation, schnorr_verify
 from zcoin.consensus.params import MAX_MONEY, ChainParams
 from zcoin.consensus.pow import check_pow, next_work_required
 from zcoin.consensus.primitives import (
@@ -164,6 +170,18 @@ def check_tx_inputs(tx: Transaction, view: UtxoView, spend_height: int, params: 
     already verified: an outpoint names the same coin (amount and key) on every
     chain, since the txid commits to its outputs, so they cannot have changed.
     """
+    coins, fee = _spent_coins(tx, view, spend_height, params)
+    if verify_signatures:  # last: they cost far more than every other check together
+        checks = signature_checks(tx, coins)
+        failed = first_invalid_signature(checks)
+        if failed is not None:
+            raise checks[failed].error()
+    return fee
+
+
+def _spent_coins(tx: Transaction, view: UtxoView, spend_height: int,
+                 params: ChainParams) -> tuple[list[Coin], int]:
+    """Every rule of :func:`check_tx_inputs` but the signatures: the coins ``tx`` spends and its fee."""
     total_in = 0
     coins = []
     for index, txin in enumerate(tx.inputs):
@@ -182,15 +200,48 @@ def check_tx_inputs(tx: Transaction, view: UtxoView, spend_height: int, params: 
     total_out = sum(o.amount for o in tx.outputs)
     if total_in < total_out:
         raise E.TxInputsBelowOutputs(f"in {total_in} < out {total_out}", txid=tx.txid_hex)
-    if not verify_signatures:
-        return total_in - total_out
-    # Signatures last: they cost far more than every other check together.
+    return coins, total_in - total_out
+
+
+# --- signatures ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureCheck:
+    """One input's signature to verify: the BIP340 arguments, and which input it is (for the error)."""
+
+    msg32: bytes
+    pubkey: bytes
+    signature: bytes
+    tx: Transaction
+    index: int
+
+    def is_valid(self) -> bool:
+        """True if the signature is a valid BIP340 signature of the input by the coin's key."""
+        return len(self.signature) == SIGNATURE_BYTES and schnorr_verify(self.msg32, self.pubkey, self.signature)
+
+    def error(self) -> E.TxBadSignature:
+        """The error a failed check raises."""
+        return E.TxBadSignature(f"input {self.index}", txid=self.tx.txid_hex, index=self.index)
+
+
+SignatureVerifier = Callable[[Sequence[SignatureCheck]], int | None]
+"""Verifies checks and returns the position of the first one that fails (in their order), or None."""
+
+
+def signature_checks(tx: Transaction, coins: Sequence[Coin]) -> list[SignatureCheck]:
+    """The checks of ``tx``'s signatures, input by input; ``coins`` are the coins its inputs spend."""
     digest = tx.sighash_digest()
-    for index, (txin, coin) in enumerate(zip(tx.inputs, coins)):
-        if len(txin.signature) != SIGNATURE_BYTES or not schnorr_verify(
-                sighash(digest, index), coin.pubkey, txin.signature):
-            raise E.TxBadSignature(f"input {index}", txid=tx.txid_hex, index=index)
-    return total_in - total_out
+    return [SignatureCheck(sighash(digest, index), coin.pubkey, txin.signature, tx, index)
+            for index, (txin, coin) in enumerate(zip(tx.inputs, coins))]
+
+
+def first_invalid_signature(checks: Sequence[SignatureCheck]) -> int | None:
+    """The position of the first check that fails, or None: the sequential :data:`SignatureVerifier`."""
+    for position, check in enumerate(checks):
+        if not check.is_valid():
+            return position
+    return None
 
 
 # --- blocks ----------------------------------------------------------------------
@@ -207,9 +258,10 @@ def check_block(block: Block, params: ChainParams) -> None:
     if block.size > params.max_block_bytes:
         raise E.BlockTooLarge(f"{block.size} bytes > {params.max_block_bytes}", block=header.hash_hex)
     txids = block.txids
-    if merkle_root(txids) != header.merkle_root:
+    root, mutated = merkle_root_and_mutation(txids)
+    if root != header.merkle_root:
         raise E.BlockBadMerkleRoot(block=header.hash_hex)
-    if has_duplicate_tail(txids) or len(set(txids)) != len(txids):
+    if mutated or len(set(txids)) != len(txids):
         raise E.BlockMutated(block=header.hash_hex)
     if not block.txs[0].is_coinbase:
         raise E.BlockNoCoinbase("first transaction is not a coinbase", block=header.hash_hex)
@@ -285,16 +337,21 @@ def check_header_context(header: BlockHeader, ctx: HeaderContext, params: ChainP
                                 block=header.hash_hex)
 
 
-def connect_block(block: Block, height: int, view: UtxoView, params: ChainParams) -> UtxoDiff:
+def connect_block(block: Block, height: int, view: UtxoView, params: ChainParams,
+                  verify_signatures: SignatureVerifier = first_invalid_signature) -> UtxoDiff:
     """Check ``block`` against the UTXO set at its parent and return what it changes.
 
     The caller has run :func:`check_block` and :func:`check_header_context`.
     Raises on a missing, immature or badly signed input, a double spend inside
     the block, a wrong coinbase height, or a coinbase paying more than the
     subsidy plus fees.  ``view`` is not modified.
+
+    The signatures are checked after every other rule, all at once, by
+    ``verify_signatures``; the first one to fail in block order is reported.
     """
     overlay = _BlockOverlay(view)
     spent: list[tuple[OutPoint, Coin]] = []
+    checks: list[SignatureCheck] = []
     fees = 0
     block_hex = block.hash_hex
     coinbase = block.txs[0]
@@ -307,20 +364,25 @@ def connect_block(block: Block, height: int, view: UtxoView, params: ChainParams
             if txin.prev in overlay.spent:
                 raise E.BlockDoubleSpend(f"{txin.prev} spent twice", block=block_hex, txid=tx.txid_hex)
         try:
-            fees += check_tx_inputs(tx, overlay, height, params)
+            coins, fee = _spent_coins(tx, overlay, height, params)
         except E.InvalidTx as exc:
             raise E.BlockBadTx(exc, txid=tx.txid_hex, block=block_hex) from exc
-        for txin in tx.inputs:
-            if txin.prev in overlay.created:
-                del overlay.created[txin.prev]  # created and spent inside this block: never in the set
-            else:
-                spent.append((txin.prev, view.get_coin(txin.prev)))
+        fees += fee
+        checks.extend(signature_checks(tx, coins))
+        for txin, coin in zip(tx.inputs, coins):
+            if overlay.created.pop(txin.prev, None) is None:  # one created and spent here is never in the set
+                spent.append((txin.prev, coin))
             overlay.spent.add(txin.prev)
         overlay.created.update(tx_coins(tx, height))
     reward = sum(o.amount for o in coinbase.outputs)
     allowed = params.subsidy(height) + fees
     if reward > allowed:
         raise E.BlockBadCoinbaseAmount(f"pays {reward} > subsidy + fees {allowed}", block=block_hex)
+    failed = verify_signatures(checks)
+    if failed is not None:
+        check = checks[failed]
+        exc = check.error()
+        raise E.BlockBadTx(exc, txid=check.tx.txid_hex, block=block_hex) from exc
     return UtxoDiff(tuple(spent), tuple(overlay.created.items()))
 
 
