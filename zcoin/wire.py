@@ -316,7 +316,7 @@ register("generate", blocks=Int(lo=1, hi=MAX_GENERATE_PER_REQUEST), payout=Opt(B
 register("generated", hashes=List(Str(64), max_len=MAX_GENERATE_PER_REQUEST), height=Int())
 register("admin", action=Str(32), peer=Str(64))
 register("ok", detail=Opt(Str(256)))
-# Gossip topics: the first frame of every announcement.  ``tx``: a transaction the node took first
+# Gossip topics: the start of every announcement's frame (``zcoin.sockets.Envelope.gossip``).  ``tx``: a transaction the node took first
 # hand (from a client, or back from a block a reorg undid), numbered; ``rtx``: one it took from a
 # peer's gossip or fetch, carrying the node's current number without taking a new one.  Members
 # subscribe to PEER_TOPICS only: the membership is a full mesh, so every member hears each
