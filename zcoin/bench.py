@@ -343,9 +343,13 @@ class _Phase:
             return None
         return max(0.0, (self.machine_cpu - self.cpu - self.bench_cpu) / self.seconds)
 
+    def round_ratios(self, other: _Phase) -> list[float]:
+        """This rate / ``other``'s rate, round by round."""
+        return [a / b for a, b in zip(self.rates, other.rates, strict=True)]
+
     def ratio_to(self, other: _Phase, factor: float = 1.0) -> float:
         """Median over rounds of this rate / (``other``'s rate in the same round x ``factor``)."""
-        return median(a / (b * factor) for a, b in zip(self.rates, other.rates, strict=True))
+        return median(r / factor for r in self.round_ratios(other))
 
 
 def _measure_loop(phase: _Phase, prefix: bytes, target: int, seconds: float, sha256: Any) -> None:
@@ -481,6 +485,7 @@ def bench_hash(workers: int | None = None, seconds: float = 5.0) -> dict:
                 pool.poll_results()
         pool.cancel()
     rate_many, rate_one = median(many_workers.rates), median(one_worker.rates)
+    scaling_rounds, machine_rounds = many_workers.round_ratios(one_worker), many_plain.round_ratios(one_plain)
     cores_one = one_worker.cpu / one_worker.seconds
     cores_many = many_workers.cpu / many_workers.seconds
     other_one, other_many = one_worker.other_cores(), many_workers.other_cores()
@@ -497,13 +502,11 @@ def bench_hash(workers: int | None = None, seconds: float = 5.0) -> dict:
         "ratio": round(many_workers.ratio_to(baseline, workers), 3),
         "per_worker_ratio": round(one_worker.ratio_to(baseline), 3),
         "pool_overhead_ratio": round(one_worker.ratio_to(kernel), 3),
-        "scaling": round(many_workers.ratio_to(one_worker), 3),
-        "scaling_rounds": [round(a / b, 3) for a, b in zip(many_workers.rates, one_worker.rates, strict=True)],
+        "scaling": round(median(scaling_rounds), 3),
+        "scaling_rounds": [round(r, 3) for r in scaling_rounds],
         "scaling_of_totals": round(many_workers.total_rate / one_worker.total_rate, 3),
-        "machine_scaling": round(many_plain.ratio_to(one_plain), 3),
-        "scaling_to_machine": round(median(p / m for p, m in zip(
-            (a / b for a, b in zip(many_workers.rates, one_worker.rates, strict=True)),
-            (a / b for a, b in zip(many_plain.rates, one_plain.rates, strict=True)), strict=True)), 3),
+        "machine_scaling": round(median(machine_rounds), 3),
+        "scaling_to_machine": round(median(p / m for p, m in zip(scaling_rounds, machine_rounds, strict=True)), 3),
         "cores_used_1_worker": round(cores_one, 2),
         "cores_used": round(cores_many, 2),
         "scaling_per_core": round((many_workers.total_rate / cores_many) / (one_worker.total_rate / cores_one), 3)

@@ -20,7 +20,7 @@ lists the bodies the best header chain still lacks.
 
 A block's signatures are verified by a :class:`SignatureCheckQueue`, on the
 calling thread and one worker thread (as Core's ``CCheckQueue``), which stops
-when the chain or its store is closed.
+when the chain's store is closed.
 """
 
 from __future__ import annotations
@@ -255,10 +255,6 @@ class Chain:
         self.signature_checks = SignatureCheckQueue()
         store.call_on_close(self.signature_checks.close)  # whoever closes the store stops the worker
         self._load()
-
-    def close(self) -> None:
-        """Stop the signature worker thread (closing the store stops it too)."""
-        self.signature_checks.close()
 
     def _load(self) -> None:
         """Read the block index and the active chain from the store."""
