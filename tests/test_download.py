@@ -49,12 +49,13 @@ def tip_reply(block: Block, height: int) -> bytes:
 
 
 class ChainScript:
-    """Mallory's answers: its tip (``tips`` in turn), headers up to block 2, bodies unless ``stall``."""
+    """Mallory's answers: its tip (``tips`` in turn), headers up to block ``headers`` (2), bodies unless ``stall``."""
 
     def __init__(self, chain: Builder) -> None:
         self.chain = chain
         self.tips: list[Block] | None = None  # None: block 2
         self.stall = True
+        self.headers = 2
         self.tip_replies = 0
         self.asked_for_blocks: list[list[bytes]] = []
 
@@ -66,7 +67,7 @@ class ChainScript:
             self.tip_replies += 1
             return tip_reply(tip, blocks.index(tip))
         if msg.type == "get_headers":
-            return wire.encode("headers", headers=[b.header.serialize() for b in blocks[1:3]])
+            return wire.encode("headers", headers=[b.header.serialize() for b in blocks[1:self.headers + 1]])
         if msg.type == "get_blocks":
             self.asked_for_blocks.append(msg["hashes"])
             if self.stall:
@@ -94,6 +95,28 @@ def stalled_once(net, a, script: ChainScript) -> None:
     assert all(batch == [b.hash for b in script.chain.blocks[1:3]] for batch in script.asked_for_blocks)
     net.run_until(lambda: a.synced, what="a stops waiting for what mallory withholds")
     assert a.chain.height == 0 and a.chain.best_header.height == 2
+
+
+def test_a_syncing_node_asks_for_more_blocks_as_each_reply_is_handled_not_a_turn_later(net, tmp_path):
+    """While a reply is handled the next one is on its way: the room a reply frees is asked for
+    at once (a sync that asked only at its next timer turn sat idle for a round trip each time)."""
+    a, theirs, script, mallory = serving(net, tmp_path, 80)
+    script.stall, script.tips, script.headers = False, [theirs.tip], 80
+    net.link("a", "mallory").latency_s = 0.003
+    net.link("mallory", "a").latency_s = 0.004
+    asked_at: list[float] = []
+
+    def timed(sender, msg):
+        if msg.type == "get_blocks":
+            asked_at.append(net.clock.now)
+        return script(sender, msg)
+
+    mallory.answer = timed
+    net.run_until(lambda: a.chain.height == 80, what="a synced mallory's 80 blocks")
+    assert len(asked_at) >= 5  # 16 blocks a request
+    round_trip = 0.003 + 0.004  # mallory answers at once
+    for later in asked_at[2:]:  # the first two go out together; each later one follows a reply's arrival
+        assert any(abs(later - earlier - round_trip) < 1e-9 for earlier in asked_at), (later, asked_at)
 
 
 def test_blocks_a_peer_stalled_on_are_asked_of_it_again_only_once_it_shows_more_work(net, tmp_path):
@@ -139,15 +162,16 @@ def test_back_off_doubles_with_every_failure_to_deliver(net, tmp_path):
     assert gaps[1] > 1.5 * gaps[0], gaps  # 1 s, 2 s, 4 s... plus the time each stall takes to show
 
 
-def test_headers_stored_from_a_withholder_do_not_hold_up_a_restarted_node(net, tmp_path):
-    """Header-only entries are stored; after a restart, with nobody claiming that chain, they
-    are just headers: the node calls itself synced (and would mine) on its own tip."""
+def test_headers_from_a_withholder_do_not_outlive_a_restart_nor_hold_it_up(net, tmp_path):
+    """Headers without bodies live in memory only: after a restart, with nobody claiming that
+    chain, the node has forgotten them and calls itself synced (and would mine) on its own tip."""
     a, theirs, script, _ = serving(net, tmp_path, 2)
     stalled_once(net, a, script)
+    assert a.chain.best_header.height == 2 and a.chain.height == 0
     net.remove("mallory")
     a = net.restart("a")
     net.run_until(lambda: a.synced, what="the restarted node synced on its own tip")
-    assert a.chain.best_header.height == 2 and a.chain.height == 0
+    assert a.chain.best_header.height == 0 and a.chain.height == 0
 
 
 def test_headers_ahead_of_our_clock_are_taken_later_without_holding_it_against_the_peer(net, tmp_path):

@@ -16,7 +16,10 @@ Blocks arrive in any order.  A block whose parent is unknown waits in the
 caller is told which ancestor to fetch; once the parent connects, the orphans
 follow.  Headers may come first (headers-first sync): :meth:`Chain.add_header`
 indexes a checked header without its body, and :meth:`Chain.blocks_to_fetch`
-lists the bodies the best header chain still lacks.
+lists the bodies the best header chain still lacks.  A header without its body
+is kept in memory only (the store holds the blocks whose bodies the node has):
+writing each of a long sync's headers cost a tenth of the sync, and after a
+restart peers send the missing headers again in a few round trips.
 
 A block's signatures are verified by a :class:`SignatureCheckQueue`, on the
 calling thread and one worker thread (as Core's ``CCheckQueue``), which stops
@@ -434,9 +437,7 @@ class Chain:
         if not check_pow(header, self.params.pow_limit):
             raise E.BlockBadPow(f"hash {header.hash_hex} above its target", block=header.hash_hex)
         self._check_header(header, parent, now)
-        entry = self._new_entry(header, parent, HEADER_ONLY)
-        self.store.put_header(header, entry.height, entry.chain_work)
-        return entry
+        return self._new_entry(header, parent, HEADER_ONLY)  # in memory only: see the module docstring
 
     def add_block(self, block: Block, now: int) -> ChainUpdate:
         """Take a block from anywhere: check it, store it, follow the best chain, connect waiting orphans.
@@ -482,9 +483,11 @@ class Chain:
         if parent is None:
             self.orphans.add(block)
             return ChainUpdate(orphaned=True, missing=self.orphans.missing_ancestor(block_hash))
-        self._check_header(block.header, parent, now)
         if entry is None:
+            self._check_header(block.header, parent, now)
             entry = self._new_entry(block.header, parent, HAVE_DATA)
+        elif parent.status == INVALID:  # its header passed add_header's checks, against a parent valid then
+            raise BlockInvalidAncestor(f"parent {parent.hash_hex} is invalid", block=block.hash_hex)
         entry.status = HAVE_DATA
         try:
             with self.store.transaction():  # the body and what it connects: one commit, one fsync

@@ -4,8 +4,9 @@ Tables:
 
 - ``meta``: schema version, network name, genesis hash, the tip, and ``flushed_tip``
   (the block whose state the ``utxo``, ``tx_index`` and ``address_index`` tables hold);
-- ``blocks``: the block index (hash, parent, height, cumulative work, status,
-  the 80-byte header) with the body and undo data once known;
+- ``blocks``: every block whose body the node has (hash, parent, height, cumulative
+  work, status, the 80-byte header, the body) and its undo data once connected (the
+  headers a sync indexes ahead of their bodies stay in the chain manager's memory);
 - ``active``: height -> hash of the active chain;
 - ``utxo``: the unspent outputs (indexed by key for wallets);
 - ``tx_index``: txid -> height of every transaction on the active chain;
@@ -59,13 +60,13 @@ import msgpack
 
 from zcoin.consensus.params import ChainParams
 from zcoin.consensus.pow import block_work
-from zcoin.consensus.primitives import Block, BlockHeader, OutPoint
+from zcoin.consensus.primitives import Block, OutPoint
 from zcoin.consensus.validation import Coin, UtxoDiff, genesis_diff
 
 SCHEMA_VERSION = 2  # 2: the state tables may lag the tip (``flushed_tip``); a version 1 store is upgraded
 
 # Block status, in the order a block moves through them.
-HEADER_ONLY = 1  # header checked, body not yet received
+HEADER_ONLY = 1  # header checked, body not yet received (in memory; a store of an older version may list some)
 HAVE_DATA = 2  # body stored, not (yet) connected or no longer connected
 INVALID = 9  # failed a rule; never connected again
 
@@ -440,12 +441,6 @@ class ChainStore:
         rows = self.db.execute("SELECT hash, prev_hash, height, chain_work, status, header FROM blocks").fetchall()
         rows.sort(key=itemgetter(2))  # here rather than ORDER BY: SQLite would sort through a temporary b-tree
         return rows
-
-    def put_header(self, header: BlockHeader, height: int, chain_work: int, status: int = HEADER_ONLY) -> None:
-        """Add a header to the index (ignored if known)."""
-        self.db.execute("INSERT OR IGNORE INTO blocks (hash, prev_hash, height, chain_work, status, header) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        (header.hash, header.prev_hash, height, _work_bytes(chain_work), status, header.serialize()))
 
     def put_block(self, block: Block, height: int, chain_work: int) -> None:
         """Store a block's body (adding its index entry if needed; an invalid block stays as it is)."""
