@@ -206,7 +206,7 @@ def test_connect_of_a_block_not_on_the_tip_changes_nothing(tmp_path):
     add_all(chain, builder.blocks[:2])
     before = store.utxo_snapshot()
     with pytest.raises(StoreError, match="does not extend the tip"):
-        store.connect(builder.blocks[1], 1, builder.diffs[1])
+        store.connect(builder.blocks[1], 1, builder.diffs[1], chain.tip.chain_work)
     with pytest.raises(StoreError, match="not the tip"):
         store.disconnect(builder.blocks[0], 0)
     assert store.tip_hash() == builder.blocks[1].hash
@@ -219,7 +219,8 @@ def test_failed_connect_rolls_back_every_table_and_the_cache(tmp_path):
     store, chain = open_chain(tmp_path / "chain.sqlite")
     add_all(chain, builder.blocks[:2])
     block = builder.blocks[2]
-    store.put_block(block, 2, chain.tip.chain_work + 1)
+    work = chain.tip.chain_work + block_work(block.header.bits)
+    store.put_block(block, 2, work)
     good = connect_block(block, 2, store, PARAMS)
     missing = (OutPoint(bytes(32), 7), Coin(1, PARAMS.dev_pubkey(0), 1, False))
     # The good spends are applied first; the coin that is in no UTXO set then stops the connect.
@@ -227,7 +228,7 @@ def test_failed_connect_rolls_back_every_table_and_the_cache(tmp_path):
     before = store.utxo_snapshot()
 
     with pytest.raises(StoreError, match="not in the UTXO set"):
-        store.connect(block, 2, broken)
+        store.connect(block, 2, broken, work)
     assert store.utxo_snapshot() == before
     assert all(store.get_coin(op) == coin for op, coin in good.spent)
     assert store.tip_hash() == builder.blocks[1].hash
@@ -235,7 +236,7 @@ def test_failed_connect_rolls_back_every_table_and_the_cache(tmp_path):
     assert all(store.tx_height(tx.txid) is None for tx in block.txs)
     assert store.db.execute("SELECT undo FROM blocks WHERE hash = ?", (block.hash,)).fetchone()[0] is None
 
-    store.connect(block, 2, good)  # the store is still usable
+    store.connect(block, 2, good, work)  # the store is still usable
     store.flush()  # the helper counts the tx_index table itself
     assert_store_consistent(store)
     store.close()
@@ -373,7 +374,7 @@ def _tables(path: Path) -> dict:
     db = sqlite3.connect(path)
     try:
         return {
-            "meta": dict(db.execute("SELECT key, value FROM meta WHERE key IN ('tip', 'flushed_tip')")),
+            "meta": dict(db.execute("SELECT key, value FROM meta WHERE key = 'flushed_tip'")),
             "active": db.execute("SELECT height, hash FROM active ORDER BY height").fetchall(),
             "utxo": db.execute("SELECT * FROM utxo ORDER BY txid, idx").fetchall(),
             "tx_index": db.execute("SELECT * FROM tx_index ORDER BY txid").fetchall(),
@@ -400,7 +401,8 @@ def test_kill_between_block_connects_and_the_cache_flush_reopens_as_a_store_that
     assert child.returncode == -signal.SIGKILL and len(acknowledged) == HELD_BLOCKS, rest
     # Killed with every block committed and none of their state flushed: the tables are still genesis's.
     crashed = _tables(path)  # (reading folds the write-ahead log into the file; its content stays the same)
-    assert crashed["meta"] == {"tip": acknowledged[-1], "flushed_tip": PARAMS.genesis_hash}
+    assert crashed["meta"] == {"flushed_tip": PARAMS.genesis_hash}
+    assert crashed["active"][-1] == (HELD_BLOCKS, acknowledged[-1])
 
     store = ChainStore(path, PARAMS)  # replays the blocks after the last flush
     blocks = [store.get_block(block_hash) for block_hash in active_hashes(store)[1:]]

@@ -24,8 +24,9 @@ def _open(path, **cache) -> tuple[ChainStore, Chain]:
     return store, Chain(store, PARAMS)
 
 
-def _meta(store: ChainStore, key: str) -> bytes:
-    return store.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+def _meta(store: ChainStore, key: str) -> bytes | None:
+    row = store.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
 
 
 def _transfers(builder: Builder, blocks: int, first_account: int) -> None:
@@ -137,23 +138,30 @@ def test_disconnect_flushes_and_takes_the_block_out_of_the_tables(tmp_path):
     store.close()
 
 
-def test_store_of_schema_version_1_is_upgraded_with_its_tables_as_the_state_of_its_tip(tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_store_of_an_older_schema_version_is_upgraded(tmp_path, version):
+    """Version 1 wrote its tables with every block (they are its tip's state) and had no
+    ``flushed_tip``; versions 1 and 2 kept the tip in ``meta`` too, which 3 reads from ``active``."""
     path = tmp_path / "chain.sqlite"
     builder = Builder()
     _transfers(builder, 3, 0)
     store, chain = _open(path)
     add_all(chain, builder.blocks)
     reads = _reads(store, builder.blocks[1:])
-    store.close()  # flushed: the tables are the tip's, as version 1 wrote them with every block
+    store.close()  # flushed: the tables are the tip's
     db = sqlite3.connect(path)
-    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (b"1",))
-    db.execute("DELETE FROM meta WHERE key = 'flushed_tip'")
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version).encode(),))
+    db.execute("INSERT INTO meta VALUES ('tip', ?)", (builder.tip.hash,))
+    if version == 1:
+        db.execute("DELETE FROM meta WHERE key = 'flushed_tip'")
     db.commit()
     db.close()
 
     store, chain = _open(path)
-    assert _meta(store, "schema_version") == b"2"
+    assert _meta(store, "schema_version") == b"3"
     assert _meta(store, "flushed_tip") == builder.tip.hash
+    assert _meta(store, "tip") is None
+    assert chain.tip.hash == builder.tip.hash
     assert _reads(store, builder.blocks[1:]) == reads
     store.close()
 

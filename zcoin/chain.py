@@ -490,11 +490,12 @@ class Chain:
             raise BlockInvalidAncestor(f"parent {parent.hash_hex} is invalid", block=block.hash_hex)
         entry.status = HAVE_DATA
         try:
-            with self.store.transaction():  # the body and what it connects: one commit, one fsync
-                self.store.put_block(block, entry.height, entry.chain_work)
+            with self.store.transaction():  # the block and what it connects: one commit, one fsync
                 if entry.chain_work > self.tip.chain_work:
                     self._candidates.add(block_hash)
                 update = self._activate_best_chain(just_received=block)
+                if not self.in_active_chain(block_hash):  # connecting it stored it; else it waits, or is invalid
+                    self.store.put_block(block, entry.height, entry.chain_work, entry.status)
         except Exception:
             # The store rolled back (disk full, I/O error...): memory must not keep what it lost.
             self._load()
@@ -556,7 +557,7 @@ class Chain:
                     update.invalid.append((entry.hash, exc))
                     logger.warning("block invalid", block=entry.hash_hex, height=entry.height, reason=exc.reason)
                     break
-                self.store.connect(block, entry.height, diff)
+                self.store.connect(block, entry.height, diff, entry.chain_work)
                 self.active.append(entry.hash)
                 self._candidates.discard(entry.hash)
                 update.note_connected(block)

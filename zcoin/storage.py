@@ -2,12 +2,12 @@
 
 Tables:
 
-- ``meta``: schema version, network name, genesis hash, the tip, and ``flushed_tip``
-  (the block whose state the ``utxo``, ``tx_index`` and ``address_index`` tables hold);
+- ``meta``: schema version, network name, genesis hash, and ``flushed_tip`` (the
+  block whose state the ``utxo``, ``tx_index`` and ``address_index`` tables hold);
 - ``blocks``: every block whose body the node has (hash, parent, height, cumulative
   work, status, the 80-byte header, the body) and its undo data once connected (the
   headers a sync indexes ahead of their bodies stay in the chain manager's memory);
-- ``active``: height -> hash of the active chain;
+- ``active``: height -> hash of the active chain (its last row is the tip);
 - ``utxo``: the unspent outputs (indexed by key for wallets);
 - ``tx_index``: txid -> height of every transaction on the active chain;
 - ``address_index``: per key, every active-chain transaction that paid it or spent
@@ -16,8 +16,9 @@ Tables:
   confirmed, in arrival order, so that a crash loses none of them.
 
 As in Bitcoin Core (``CCoinsViewCache``, ``-dbcache``), a block is written at once and
-the state it changes in batches.  Per block, one SQL transaction: the body, the undo
-data (the coins it spent and created), the ``active`` row and the tip.  In memory
+the state it changes in batches.  Per block, one SQL transaction of two statements:
+its ``blocks`` row with the body and the undo data (the coins it spent and created),
+and its ``active`` row.  In memory
 (:class:`StateCache`): the coins created and spent since the last flush (one created
 and spent in between never reaches the disk), coins lately read, and the new
 ``tx_index`` and ``address_index`` rows.  Per flush, one SQL transaction: all that,
@@ -63,7 +64,9 @@ from zcoin.consensus.pow import block_work
 from zcoin.consensus.primitives import Block, OutPoint
 from zcoin.consensus.validation import Coin, UtxoDiff, genesis_diff
 
-SCHEMA_VERSION = 2  # 2: the state tables may lag the tip (``flushed_tip``); a version 1 store is upgraded
+# 2: the state tables may lag the tip (``flushed_tip``); 3: no tip in ``meta`` (``active`` says it, and one
+# write less per block).  Stores of versions 1 and 2 are upgraded when opened.
+SCHEMA_VERSION = 3
 
 # Block status, in the order a block moves through them.
 HEADER_ONLY = 1  # header checked, body not yet received (in memory; a store of an older version may list some)
@@ -323,7 +326,7 @@ class ChainStore:
         if version is None:
             self._init_genesis()
             return
-        if int(version) not in (1, SCHEMA_VERSION):
+        if int(version) not in (1, 2, SCHEMA_VERSION):
             raise StoreError(f"{self.path}: schema version {int(version)}, this zcoin reads {SCHEMA_VERSION}")
         network = self._meta("network")
         if network is None:
@@ -333,9 +336,11 @@ class ChainStore:
                              f"not {self.params.name!r}")
         if self._meta("genesis") != self.params.genesis_hash:
             raise StoreError(f"{self.path}: genesis block differs from network {self.params.name!r}")
-        if int(version) == 1:  # its tables were written with every block: they are the tip's
+        if int(version) < SCHEMA_VERSION:
             with self.transaction():
-                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('flushed_tip', ?)", (self._meta("tip"),))
+                if int(version) == 1:  # its tables were written with every block: they are the tip's
+                    self.db.execute("INSERT OR REPLACE INTO meta VALUES ('flushed_tip', ?)", (self._meta("tip"),))
+                self.db.execute("DELETE FROM meta WHERE key = 'tip'")
                 self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                                 (str(SCHEMA_VERSION).encode(),))
         if self._meta("address_index") is None:
@@ -360,7 +365,6 @@ class ChainStore:
                 ("schema_version", str(SCHEMA_VERSION).encode()),
                 ("network", self.params.name.encode()),
                 ("genesis", genesis.hash),
-                ("tip", genesis.hash),
                 ("flushed_tip", genesis.hash),
                 ("address_index", b"1"),
             ])
@@ -442,13 +446,16 @@ class ChainStore:
         rows.sort(key=itemgetter(2))  # here rather than ORDER BY: SQLite would sort through a temporary b-tree
         return rows
 
-    def put_block(self, block: Block, height: int, chain_work: int) -> None:
-        """Store a block's body (adding its index entry if needed; an invalid block stays as it is)."""
+    def put_block(self, block: Block, height: int, chain_work: int, status: int = HAVE_DATA) -> None:
+        """Store a block that is not connected (yet): its body and index entry (an invalid one stays invalid).
+
+        A block connected as it arrives needs no call: :meth:`connect` writes it.
+        """
         header = block.header
         self.db.execute("INSERT INTO blocks (hash, prev_hash, height, chain_work, status, header, body) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hash) DO UPDATE "
                         "SET body = excluded.body, status = excluded.status WHERE status != ?",
-                        (header.hash, header.prev_hash, height, _work_bytes(chain_work), HAVE_DATA,
+                        (header.hash, header.prev_hash, height, _work_bytes(chain_work), status,
                          header.serialize(), block.raw, INVALID))
 
     def set_status(self, block_hash: bytes, status: int) -> None:
@@ -476,14 +483,20 @@ class ChainStore:
         row = self.db.execute("SELECT hash FROM active WHERE height = ?", (height,)).fetchone()
         return row[0] if row else None
 
-    def connect(self, block: Block, height: int, diff: UtxoDiff) -> None:
-        """Make ``block`` (child of the tip) the new tip, applying ``diff``, in one transaction."""
-        if self.tip_hash() != block.header.prev_hash:
+    def connect(self, block: Block, height: int, diff: UtxoDiff, chain_work: int) -> None:
+        """Make ``block`` (child of the tip) the new tip, applying ``diff``, in one transaction.
+
+        The block is stored with its undo data, unless it was stored before (its undo data is then added).
+        """
+        header = block.header
+        if self.tip_hash() != header.prev_hash:
             raise StoreError("connect: block does not extend the tip")
         with self.transaction():
-            self.db.execute("UPDATE blocks SET undo = ? WHERE hash = ?", (_pack_diff(diff), block.hash))
+            self.db.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                            "ON CONFLICT (hash) DO UPDATE SET undo = excluded.undo",
+                            (header.hash, header.prev_hash, height, _work_bytes(chain_work), HAVE_DATA,
+                             header.serialize(), block.raw, _pack_diff(diff)))
             self.db.execute("INSERT OR REPLACE INTO active VALUES (?, ?)", (height, block.hash))
-            self.db.execute("UPDATE meta SET value = ? WHERE key = 'tip'", (block.hash,))
             self.cache.apply(block, height, diff)
             if self.cache.full:
                 self.flush()
@@ -508,8 +521,7 @@ class ChainStore:
             self.db.executemany("DELETE FROM address_index WHERE pubkey = ? AND height = ? AND pos = ?",
                                 [row[:3] for row in _address_rows(block, height, diff)])
             self.db.execute("DELETE FROM active WHERE height = ?", (height,))
-            self.db.execute("UPDATE meta SET value = ? WHERE key IN ('tip', 'flushed_tip')",
-                            (block.header.prev_hash,))
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'flushed_tip'", (block.header.prev_hash,))
             self.cache.best = block.header.prev_hash
         return diff
 
