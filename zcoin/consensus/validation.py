@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from zcoin.consensus import errors as E
 from zcoin.consensus.crypto import merkle_root_and_mutation, schnorr_verify
@@ -49,9 +49,8 @@ from zcoin.consensus.primitives import (
 # --- the UTXO set ----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Coin:
-    """An unspent output with what the rules need about it."""
+class Coin(NamedTuple):
+    """An unspent output with what the rules need about it (a named tuple, as an outpoint: built per output)."""
 
     amount: int
     pubkey: bytes
