@@ -379,7 +379,11 @@ def _wallet_coins(wallet, node: str, timeout_s: float, params):
 @JSON_OPTION
 @TIMEOUT_OPTION
 def wallet_balance_command(wallet_path: str, node: str, as_json: bool, timeout_s: float) -> None:
-    """Ask a node for the wallet's balance: confirmed, pending (mempool) and spendable.
+    """Ask a node for the wallet's balance: confirmed, pending (mempool), held and spendable.
+
+    Held: coins of the node's answer that a pending payment of this wallet spends, which
+    the node has not seen (its outcome unknown, or pushed to another node): `send` never
+    spends them again, so they are not spendable.
 
     \b
     Example:
@@ -387,17 +391,22 @@ def wallet_balance_command(wallet_path: str, node: str, as_json: bool, timeout_s
     """
     import json
 
+    from zcoin.consensus.primitives import OutPoint
+
     wallet, params = _load_wallet(wallet_path)
     reply = _wallet_coins(wallet, node, timeout_s, params)
     confirmed = sum(c["amount"] for c in reply["coins"] if c["confirmed"])
     pending = sum(c["amount"] for c in reply["coins"] if not c["confirmed"])
-    result = {"address": wallet.address(params), "confirmed": confirmed, "pending": pending,
-              "spendable": confirmed + pending, "coins": len(reply["coins"]), "height": reply["height"]}
+    reserved = wallet.reserved()
+    held = sum(c["amount"] for c in reply["coins"] if OutPoint(c["txid"], c["index"]) in reserved)
+    result = {"address": wallet.address(params), "confirmed": confirmed, "pending": pending, "held": held,
+              "spendable": confirmed + pending - held, "coins": len(reply["coins"]), "height": reply["height"]}
     if as_json:
         click.echo(json.dumps(result))
     else:
         click.echo(f"address    {result['address']}\nconfirmed  {confirmed}\npending    {pending}\n"
-                   f"spendable  {confirmed + pending}  ({result['coins']} coins at height {reply['height']})")
+                   + (f"held       {held}  (spent by payments of this wallet the node has not seen)\n" if held else "")
+                   + f"spendable  {result['spendable']}  ({result['coins']} coins at height {reply['height']})")
 
 
 EXIT_OUTCOME_UNKNOWN = 3  # `zcoin send`: the node did not answer the push
