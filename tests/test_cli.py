@@ -309,6 +309,10 @@ def test_a_send_the_node_does_not_answer_exits_3_and_the_next_send_re_pushes_it_
         assert listed.exit_code == 0, listed.output
         assert [(e["txid"], e["state"], e["in_mempool"]) for e in json.loads(listed.stdout)
                 if e["height"] is None] == [(first.txid, "pending", False)]
+        shown = CliRunner().invoke(cli, ["wallet", "balance", "--wallet", wallet, "--node", other_api, "--json"])
+        assert shown.exit_code == 0, shown.output
+        balance = json.loads(shown.stdout)  # the coin the unanswered payment spends is held, not spendable
+        assert (balance["confirmed"], balance["held"], balance["spendable"]) == (LOCAL.dev_account_amount,) * 2 + (0,)
 
         sent = CliRunner().invoke(cli, [*send, "--node", other_api, "--json"])
         assert sent.exit_code == 0, sent.output
