@@ -16,7 +16,7 @@ from support.chain import NOW, PARAMS, Builder, add_all, assert_store_consistent
 from support.payments import dev_key, dev_outpoint, pay, premine_spend, spend_output
 from zcoin.chain import MAX_LOCATOR_HASHES, BlockInvalidAncestor, Chain, OrphanPool, UnknownParent
 from zcoin.consensus import errors as E
-from zcoin.consensus.pow import bits_to_target, hash_meets_target
+from zcoin.consensus.pow import bits_to_target, block_work, hash_meets_target
 from zcoin.consensus.primitives import Block, OutPoint, Transaction
 from zcoin.mempool import Mempool
 from zcoin.storage import HAVE_DATA, HEADER_ONLY, INVALID
@@ -398,6 +398,49 @@ def test_blocks_to_fetch_still_lists_the_gap_when_later_bodies_came_first(tmp_pa
     assert chain.tip.hash == builder.tip.hash
     assert chain.blocks_to_fetch() == []
     assert store.utxo_snapshot() == builder.coins()
+    store.close()
+
+
+def test_a_body_stored_ahead_of_its_parents_bodies_survives_a_restart_with_their_headers(tmp_path):
+    """Headers without bodies live in memory, but a stored block's ancestors are stored with it
+    (as headers): the index loads after a restart and the gap fills as before."""
+    builder = _chain_of(10)
+    path = tmp_path / "chain.sqlite"
+    store, chain = open_chain(path)
+    for block in builder.blocks[1:]:
+        chain.add_header(block.header, NOW)
+    for block in builder.blocks[6:8]:
+        chain.add_block(block, NOW)  # ahead of the bodies of 1..5: stored, not connected
+    store.close()
+
+    store, chain = open_chain(path)
+    assert chain.height == 0
+    assert [chain.index[b.hash].status for b in builder.blocks[1:8]] == [HEADER_ONLY] * 5 + [HAVE_DATA] * 2
+    assert builder.blocks[8].hash not in chain.index  # a header with no stored descendant is not kept
+    assert chain.blocks_to_fetch(target=chain.index[builder.blocks[7].hash]) == [b.hash for b in builder.blocks[1:6]]
+    for block in builder.blocks[1:6]:
+        chain.add_block(block, NOW)
+    assert chain.tip.hash == builder.blocks[7].hash
+    store.close()
+
+
+def test_a_header_stored_alone_gets_its_body_and_undo_data_when_its_block_connects(tmp_path):
+    """A store of schema version 2 holds every header a sync indexed; connecting such a block completes its row."""
+    builder = _chain_of(3)
+    path = tmp_path / "chain.sqlite"
+    store, chain = open_chain(path)
+    add_all(chain, builder.blocks[:3])
+    tip = builder.blocks[3]
+    store.put_header(tip.header, 3, chain.tip.chain_work + block_work(tip.header.bits))
+    store.close()
+
+    store, chain = open_chain(path)
+    assert chain.index[tip.hash].status == HEADER_ONLY
+    assert chain.add_block(tip, NOW).connected == [tip]
+    store.close()
+    store, chain = open_chain(path)  # the body is there for the replay of the blocks after the last flush
+    assert chain.tip.hash == tip.hash and chain.index[tip.hash].status == HAVE_DATA
+    assert store.get_block(tip.hash) == tip and store.get_undo(tip.hash) is not None
     store.close()
 
 

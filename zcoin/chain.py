@@ -17,9 +17,10 @@ caller is told which ancestor to fetch; once the parent connects, the orphans
 follow.  Headers may come first (headers-first sync): :meth:`Chain.add_header`
 indexes a checked header without its body, and :meth:`Chain.blocks_to_fetch`
 lists the bodies the best header chain still lacks.  A header without its body
-is kept in memory only (the store holds the blocks whose bodies the node has):
-writing each of a long sync's headers cost a tenth of the sync, and after a
-restart peers send the missing headers again in a few round trips.
+is kept in memory only, unless a stored block descends from it (every stored
+block's parent is stored): writing each of a long sync's headers cost a tenth
+of the sync, and after a restart peers send the missing headers again in a few
+round trips.
 
 A block's signatures are verified by a :class:`SignatureCheckQueue`, on the
 calling thread and one worker thread (as Core's ``CCheckQueue``), which stops
@@ -466,6 +467,17 @@ class Chain:
                 self._drop_orphan_descendants(orphan.hash)
         return update
 
+    def _store_headers_below(self, entry: IndexEntry) -> None:
+        """Store the headers of ``entry``'s ancestors that only memory holds, so that every stored
+        block's parent is stored too (a body that came ahead of its parents' bodies)."""
+        missing = []
+        parent = self.index[entry.prev_hash]
+        while parent.status == HEADER_ONLY:
+            missing.append(parent)
+            parent = self.index[parent.prev_hash]
+        for ancestor in reversed(missing):
+            self.store.put_header(ancestor.header, ancestor.height, ancestor.chain_work)
+
     def _drop_orphan_descendants(self, block_hash: bytes) -> None:
         stack = [block_hash]
         while stack:
@@ -495,6 +507,7 @@ class Chain:
                     self._candidates.add(block_hash)
                 update = self._activate_best_chain(just_received=block)
                 if not self.in_active_chain(block_hash):  # connecting it stored it; else it waits, or is invalid
+                    self._store_headers_below(entry)
                     self.store.put_block(block, entry.height, entry.chain_work, entry.status)
         except Exception:
             # The store rolled back (disk full, I/O error...): memory must not keep what it lost.

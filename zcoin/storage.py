@@ -5,8 +5,9 @@ Tables:
 - ``meta``: schema version, network name, genesis hash, and ``flushed_tip`` (the
   block whose state the ``utxo``, ``tx_index`` and ``address_index`` tables hold);
 - ``blocks``: every block whose body the node has (hash, parent, height, cumulative
-  work, status, the 80-byte header, the body) and its undo data once connected (the
-  headers a sync indexes ahead of their bodies stay in the chain manager's memory);
+  work, status, the 80-byte header, the body) and its undo data once connected, and
+  the headers of their ancestors whose bodies are still missing (other headers a sync
+  indexes ahead of their bodies stay in the chain manager's memory);
 - ``active``: height -> hash of the active chain (its last row is the tip);
 - ``utxo``: the unspent outputs (indexed by key for wallets);
 - ``tx_index``: txid -> height of every transaction on the active chain;
@@ -61,7 +62,7 @@ import msgpack
 
 from zcoin.consensus.params import ChainParams
 from zcoin.consensus.pow import block_work
-from zcoin.consensus.primitives import Block, OutPoint
+from zcoin.consensus.primitives import Block, BlockHeader, OutPoint
 from zcoin.consensus.validation import Coin, UtxoDiff, genesis_diff
 
 # 2: the state tables may lag the tip (``flushed_tip``); 3: no tip in ``meta`` (``active`` says it, and one
@@ -69,7 +70,7 @@ from zcoin.consensus.validation import Coin, UtxoDiff, genesis_diff
 SCHEMA_VERSION = 3
 
 # Block status, in the order a block moves through them.
-HEADER_ONLY = 1  # header checked, body not yet received (in memory; a store of an older version may list some)
+HEADER_ONLY = 1  # header checked, body not yet received (stored only below a stored block)
 HAVE_DATA = 2  # body stored, not (yet) connected or no longer connected
 INVALID = 9  # failed a rule; never connected again
 
@@ -446,6 +447,13 @@ class ChainStore:
         rows.sort(key=itemgetter(2))  # here rather than ORDER BY: SQLite would sort through a temporary b-tree
         return rows
 
+    def put_header(self, header: BlockHeader, height: int, chain_work: int) -> None:
+        """Add a header without its body to the index (ignored if known): the parent of a stored block."""
+        self.db.execute("INSERT OR IGNORE INTO blocks (hash, prev_hash, height, chain_work, status, header) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (header.hash, header.prev_hash, height, _work_bytes(chain_work), HEADER_ONLY,
+                         header.serialize()))
+
     def put_block(self, block: Block, height: int, chain_work: int, status: int = HAVE_DATA) -> None:
         """Store a block that is not connected (yet): its body and index entry (an invalid one stays invalid).
 
@@ -486,14 +494,15 @@ class ChainStore:
     def connect(self, block: Block, height: int, diff: UtxoDiff, chain_work: int) -> None:
         """Make ``block`` (child of the tip) the new tip, applying ``diff``, in one transaction.
 
-        The block is stored with its undo data, unless it was stored before (its undo data is then added).
+        The block is stored with its undo data (a row stored before, maybe a header alone, is completed).
         """
         header = block.header
         if self.tip_hash() != header.prev_hash:
             raise StoreError("connect: block does not extend the tip")
         with self.transaction():
             self.db.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                            "ON CONFLICT (hash) DO UPDATE SET undo = excluded.undo",
+                            "ON CONFLICT (hash) DO UPDATE SET body = excluded.body, status = excluded.status, "
+                            "undo = excluded.undo",
                             (header.hash, header.prev_hash, height, _work_bytes(chain_work), HAVE_DATA,
                              header.serialize(), block.raw, _pack_diff(diff)))
             self.db.execute("INSERT OR REPLACE INTO active VALUES (?, ?)", (height, block.hash))
