@@ -3,15 +3,17 @@
 
 - ``replay``: N blocks of signed 1-input 2-output transactions are built once,
   then connected into a fresh SQLite store through ``Chain.add_block`` (every
-  rule checked, every block one SQL transaction, the UTXO set and indexes in
-  the store's cache), the clock stopped after the cache's final flush; blocks/s
+  rule checked, 16 blocks to an SQL transaction as a syncing node connects a
+  reply, the UTXO set and indexes in the store's cache), the clock stopped after
+  the cache's final flush; blocks/s
   and tx/s are reported next to the raw libsecp256k1 BIP340 verify rate
   (coincurve, keys pre-parsed) of the same transactions' signatures, measured
   in the same run, with the ratio tx/s / verifies/s (1.0 would mean storage and
   every other rule cost nothing next to the signature).  Run with
   ``synchronous=NORMAL`` (the node's setting, first and repeated as
   ``replay.ratio_tx_to_verifies``: survives ``kill -9``) and ``FULL`` (one fsync
-  per block: survives power loss too) to show what durability costs.  The
+  per commit: survives power loss too) to show what durability costs, and once
+  more with ``NORMAL`` and a commit per block (a block from the gossip).  The
   rules alone (``check_block`` and ``connect_block`` over a dict) are timed too:
   ``ratio_tx_to_rules_only`` is what the chain manager and the store leave of them.
 - ``template``: ``Mempool.select_for_block`` over a 100k-transaction pool, the
@@ -49,6 +51,7 @@ import coincurve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # long_chain, beside this script
 from long_chain import DEFAULT_BLOCKS as LONG_CHAIN_BLOCKS, long_chain  # noqa: E402
+from nodebench_util import SYNC_BATCH, connect_as_sync  # noqa: E402
 
 from zcoin.chain import Chain
 from zcoin.consensus.builders import new_template, sign_transaction, solve
@@ -90,21 +93,29 @@ def build_blocks(params: ChainParams, blocks: int, txs_per_block: int) -> tuple[
     return chain[1:], verifies
 
 
-def bench_replay(params: ChainParams, blocks: list[Block], synchronous: str) -> dict:
-    """Connect ``blocks`` into a fresh store through ``Chain.add_block``, then flush its cache."""
+def bench_replay(params: ChainParams, blocks: list[Block], synchronous: str, batched: bool) -> dict:
+    """Connect ``blocks`` into a fresh store through ``Chain.add_block``, then flush its cache.
+
+    ``batched``: 16 blocks to an SQL transaction, as a syncing node connects a reply;
+    else a commit per block, as for a block from the gossip or the node's own miner.
+    """
     now = blocks[-1].header.time + 60
     with tempfile.TemporaryDirectory() as directory:
         store = ChainStore(Path(directory) / "chain.sqlite", params, synchronous=synchronous)
         chain = Chain(store, params)
         start = time.perf_counter()
-        for block in blocks:
-            chain.add_block(block, now)
+        if batched:
+            connect_as_sync(chain, blocks, now)
+        else:
+            for block in blocks:
+                chain.add_block(block, now)
         store.flush()  # what the cache holds is written too
         elapsed = time.perf_counter() - start
         assert chain.height == len(blocks)
         store.close()
     txs = sum(len(b.txs) - 1 for b in blocks)
     return {"synchronous": synchronous, "node_setting": synchronous == DEFAULT_SYNCHRONOUS,
+            "blocks_per_commit": SYNC_BATCH if batched else 1,
             "seconds": round(elapsed, 3), "blocks_per_second": round(len(blocks) / elapsed, 1),
             "tx_per_second": round(txs / elapsed, 1)}
 
@@ -250,11 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     blocks, verifies = build_blocks(params, args.blocks, args.txs_per_block)
     build_s = time.perf_counter() - start
     replays = []
-    for mode in (DEFAULT_SYNCHRONOUS, "FULL"):
+    for mode, batched in ((DEFAULT_SYNCHRONOUS, True), ("FULL", True), (DEFAULT_SYNCHRONOUS, False)):
         # The baseline right before and after each run, so that a machine busy with
         # something else for a while weighs on both figures alike.
         before = verify_rate(verifies)
-        replay = bench_replay(params, blocks, mode)
+        replay = bench_replay(params, blocks, mode, batched)
         verifies_per_second = (before + verify_rate(verifies)) / 2
         replay["baseline_verifies_per_second"] = round(verifies_per_second, 1)
         replay["ratio_tx_to_verifies"] = round(replay["tx_per_second"] / verifies_per_second, 3)

@@ -35,9 +35,9 @@ on loopback with ephemeral ports; endpoints are read from ``<data-dir>/node.json
   log (``--log-json``) times when it connected to A and when it connected the
   last block, and blocks/s is taken from "connected" (also reported from the
   process start).  Baseline, in the same run, before and after every sync: the
-  same raw blocks parsed and connected with ``Chain.add_block`` into a fresh
-  ``ChainStore`` (the node's ``synchronous=FULL``) in the same file system - the
-  node's work without the network.
+  same raw blocks parsed and connected with ``Chain.add_block`` (16 to an SQL
+  transaction, as the syncing node) into a fresh ``ChainStore`` (the node's
+  settings) in the same file system - the node's work without the network.
 
 Usage::
 
@@ -66,8 +66,8 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from bench_chain import build_blocks  # noqa: E402  (bench/ is this script's directory)
-from nodebench_util import (HWM, Daemon, cpu_times, log_records, node_endpoints, percentiles, start_miner,  # noqa: E402
-                            start_pubsub, start_tracker, stop_all, wait_until)
+from nodebench_util import (HWM, Daemon, connect_as_sync, cpu_times, log_records, node_endpoints,  # noqa: E402
+                            percentiles, start_miner, start_pubsub, start_tracker, stop_all, wait_until)
 
 from zcoin import wire  # noqa: E402
 from zcoin.chain import Chain  # noqa: E402
@@ -400,8 +400,7 @@ def replay(params: ChainParams, raws: list[bytes], workdir: Path) -> float:
         store = ChainStore(directory / "chain.sqlite", params)
         chain = Chain(store, params)
         start = time.perf_counter()
-        for raw in raws:
-            chain.add_block(Block.parse(raw), int(time.time()))
+        connect_as_sync(chain, (Block.parse(raw) for raw in raws), int(time.time()))
         elapsed = time.perf_counter() - start
         if chain.height != len(raws):
             raise RuntimeError(f"replay ended at height {chain.height}, not {len(raws)}")

@@ -37,8 +37,9 @@ file system for the nodes and the replays):
   peer, a node started on the cached copy; blocks/s are taken from its own JSON log,
   from its "peer connected" line to its "synced" line (its first sync ended, at the last height)
   (as ``bench_node.py``'s sync).  Divided by the baseline: the same raw blocks parsed
-  and connected with ``Chain.add_block`` into a fresh ``ChainStore`` (the node's
-  settings) in this process, right before and right after the sync (their mean).
+  and connected with ``Chain.add_block``, 16 to an SQL transaction as the syncing node
+  connects a reply, into a fresh ``ChainStore`` (the node's settings) in this process,
+  right before and right after the sync (their mean).
   ``--replay-blocks K`` replays only the first K blocks (the JSON then says so).
 - ``rss_mb``: resident memory (``VmRSS`` in ``/proc``) of the synced node, of the node
   started on the cached chain (once serving, and after serving the sync), and of the
@@ -69,7 +70,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))  # run from a checkout without installing
 sys.path.insert(0, str(BENCH_DIR))  # nodebench_util, when imported from elsewhere
 
-from nodebench_util import Daemon, node_endpoints, start_miner, start_tracker, stop_all, wait_until  # noqa: E402
+from nodebench_util import (Daemon, connect_as_sync, node_endpoints, start_miner, start_tracker,  # noqa: E402
+                            stop_all, wait_until)
 
 from zcoin import storage  # noqa: E402
 from zcoin.chain import Chain  # noqa: E402
@@ -317,8 +319,7 @@ def replay_seconds(params: ChainParams, raws: list[bytes], workdir: Path) -> flo
             chain = Chain(store, params)
             now = int(time.time())
             started = time.perf_counter()
-            for raw in raws:
-                chain.add_block(Block.parse(raw), now)
+            connect_as_sync(chain, (Block.parse(raw) for raw in raws), now)
             elapsed = time.perf_counter() - started
             if chain.height != len(raws):
                 raise RuntimeError(f"replay ended at height {chain.height}, not {len(raws)}")

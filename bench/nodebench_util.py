@@ -27,7 +27,9 @@ import re
 import signal
 import subprocess
 import sys
+import itertools
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import zmq
@@ -40,6 +42,7 @@ if str(TESTS_DIR) not in sys.path:  # the tests' support package: one wait_until
 from support.waiting import wait_until  # noqa: E402
 
 CLI = [sys.executable, "-m", "zcoin.cli"]
+SYNC_BATCH = 16  # blocks a syncing node connects per SQL transaction: one ``blocks`` reply (wire.MAX_BLOCKS_PER_REQUEST)
 HWM = 100_000  # the node's GOSSIP_HWM, so that neither side drops at the default 1000
 POLL_S = 0.01
 START_TIMEOUT_S = 30.0
@@ -253,3 +256,13 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
     sys.exit(main())
+
+
+def connect_as_sync(chain, blocks: Iterable, now: int) -> None:
+    """Connect ``blocks`` as a syncing node does: ``Chain.add_block`` each, ``SYNC_BATCH`` of them
+    (one reply's worth) to an SQL transaction (``Chain.batch``)."""
+    remaining = iter(blocks)
+    while batch := list(itertools.islice(remaining, SYNC_BATCH)):
+        with chain.batch():
+            for block in batch:
+                chain.add_block(block, now)

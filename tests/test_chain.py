@@ -444,6 +444,33 @@ def test_a_header_stored_alone_gets_its_body_and_undo_data_when_its_block_connec
     store.close()
 
 
+def test_a_batch_of_blocks_is_one_commit_and_a_failure_in_it_rolls_all_of_it_back(tmp_path):
+    builder = _chain_of(12, with_txs=True)
+    store, chain = open_chain(tmp_path / "chain.sqlite")
+    add_all(chain, builder.blocks[:3])
+    statements: list[str] = []
+    store.db.set_trace_callback(statements.append)
+    with chain.batch():
+        for block in builder.blocks[3:8]:
+            assert chain.add_block(block, NOW).connected == [block]
+    assert statements.count("COMMIT") == 1 and chain.height == 7
+
+    with pytest.raises(RuntimeError, match="disk gone"):
+        with chain.batch():
+            for block in builder.blocks[8:11]:
+                chain.add_block(block, NOW)
+            raise RuntimeError("disk gone")  # as a write failing after three blocks
+    assert chain.height == 7 and chain.tip.hash == builder.blocks[7].hash
+    assert all(b.hash not in chain.index for b in builder.blocks[8:11])
+    assert store.get_block(builder.blocks[8].hash) is None
+    add_all(chain, builder.blocks[8:])
+    assert chain.tip.hash == builder.tip.hash
+    store.flush()
+    assert store.utxo_snapshot() == builder.coins()
+    assert_store_consistent(store)
+    store.close()
+
+
 def test_blocks_to_fetch_toward_a_chosen_tip_skips_what_it_is_told_and_follows_reorgs(tmp_path):
     # A node asks per peer: the best header (a chain only one peer claims) must not hide
     # another peer's branch, and hashes a peer failed to send are left out.

@@ -289,14 +289,16 @@ class NodeCore:
 
     def on_blocks(self, peer: Peer, msg: wire.Message, request: Request) -> set[bytes]:
         delivered = set()
-        for raw in msg["blocks"]:
-            try:
-                block = Block.parse(raw)
-            except E.DecodeError as exc:
-                self.penalise(peer, PENALTY_MALFORMED, f"undecodable block: {exc}")
-                continue
-            delivered.add(block.hash)
-            self.accept_block(block, peer, relay=False)
+        # One commit for the reply, the durable mempool's changes included: a crash loses all of it or none.
+        with self.chain.batch():
+            for raw in msg["blocks"]:
+                try:
+                    block = Block.parse(raw)
+                except E.DecodeError as exc:
+                    self.penalise(peer, PENALTY_MALFORMED, f"undecodable block: {exc}")
+                    continue
+                delivered.add(block.hash)
+                self.accept_block(block, peer, relay=False)
         return delivered
 
     def on_gossip(self, name: str, topic: bytes, payload: bytes) -> None:
