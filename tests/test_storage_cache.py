@@ -183,3 +183,26 @@ def test_acknowledged_transactions_are_committed_with_an_fsync_and_blocks_withou
     assert not any(s.startswith("PRAGMA") for s in statements)
     assert store.db.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
     store.close()
+
+
+def test_a_thread_of_the_store_checkpoints_the_write_ahead_log_and_stops_with_it(tmp_path):
+    import threading
+
+    from support.waiting import wait_until
+    from zcoin.storage import CHECKPOINT_EVERY_COMMITS
+
+    path = tmp_path / "chain.sqlite"
+    store, chain = _open(path)
+    store.db.execute("PRAGMA wal_autocheckpoint=0")  # the committing connection never checkpoints itself
+    initial = path.stat().st_size
+    builder = Builder()
+    builder.mine_empty(CHECKPOINT_EVERY_COMMITS + 1)
+    add_all(chain, builder.blocks)  # a commit per block
+    # Only a checkpoint writes the database file itself; the commits went to the log.
+    wait_until(lambda: path.stat().st_size > initial, 10, "the blocks checkpointed into the file")
+    assert [t for t in threading.enumerate() if t.name == "wal-checkpoint"]
+    store.close()
+    assert not [t for t in threading.enumerate() if t.name == "wal-checkpoint"]
+    store, chain = _open(path)
+    assert chain.tip.hash == builder.tip.hash
+    store.close()

@@ -34,6 +34,9 @@ after ``flushed_tip`` to the cache again from their bodies and undo data (checke
 first connected: nothing is verified again), then flushes; a rolled-back SQL
 transaction rebuilds the cache the same way, since it may hold what the disk lost.
 
+The write-ahead log is copied back into the file (checkpointed) by a thread of the store's
+own, on a second connection, so that the thread committing blocks does not stop for it.
+
 What survives what: commits run with ``synchronous=NORMAL`` by default.  A process
 killed at any instant (``kill -9``) keeps every committed block (the write-ahead log
 is in the kernel's hands) and reopens on that tip.  A power loss may lose the last
@@ -54,6 +57,7 @@ the decisions about which chain to follow in ``zcoin.chain``.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable
 from operator import itemgetter
 from pathlib import Path
@@ -81,9 +85,12 @@ MAX_CACHE_ENTRIES = 200_000
 FLUSH_EVERY_BLOCKS = 2_000
 FLUSH_INTERVAL_S = 600.0
 DEFAULT_SYNCHRONOUS = "NORMAL"  # survives kill -9; see the module docstring
-# A checkpoint copies the write-ahead log into the file and fsyncs both, in the committing thread;
-# at SQLite's default (1000 pages) that came every hundred-odd blocks, a tenth of replay's wall time.
+# A checkpoint copies the write-ahead log into the file and fsyncs both.  Run by the committing
+# thread, as SQLite does after a commit that leaves the log longer than a bound, they took an eighth of
+# a long replay's wall time; so a thread of the store's own checkpoints every so many commits (SQLite
+# releases the GIL meanwhile), and the committing connection's own bound is only a backstop.
 WAL_CHECKPOINT_PAGES = 10_000
+CHECKPOINT_EVERY_COMMITS = 32
 
 # quick_check reads the whole file (seconds on a large chain), so it runs only on a store left open
 # by a crash, where a half-written page is likeliest; damage is then reported at open rather than as a
@@ -277,6 +284,8 @@ class ChainStore:
         self.flushed_at: float | None = None  # the node clock's time of the last timed flush
         self.cache: StateCache | None = None  # set once the store is open
         self._on_close: list[Callable[[], None]] = []
+        self._checkpointer = _Checkpointer(self.path)
+        self._commits = 0
         unclean = _wal_has_content(self.path)
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
@@ -302,6 +311,7 @@ class ChainStore:
         try:  # a damaged page met here is the chain's, reported as the chain manager's loading would
             self._replay_blocks(flush=True)
         except BaseException:
+            self._checkpointer.close()
             self.db.close()
             raise
 
@@ -405,6 +415,7 @@ class ChainStore:
         """Flush the cache and close the file (a checkpoint folds the WAL back in)."""
         for callback in self._on_close:
             callback()
+        self._checkpointer.close()
         try:
             self.flush()
         except sqlite3.Error:  # nothing is lost: the next open replays the blocks after the last flush
@@ -413,6 +424,11 @@ class ChainStore:
             self.db.close()
         except sqlite3.Error:
             pass
+
+    def _committed(self) -> None:
+        self._commits += 1
+        if self._commits % CHECKPOINT_EVERY_COMMITS == 0:
+            self._checkpointer.poke()
 
     def transaction(self, *, durable: bool = False):
         """A context manager running its body as one SQL transaction (``durable``: fsynced at commit)."""
@@ -598,6 +614,49 @@ class ChainStore:
         return [row[0] for row in self.db.execute("SELECT raw FROM mempool ORDER BY seq")]
 
 
+class _Checkpointer:
+    """Copies a store's write-ahead log into its file on a thread and connection of its own.
+
+    SQLite's PASSIVE checkpoint never waits for the writer nor holds it up: it copies what is
+    committed, and the writer starts the log over once all of it is copied.  Woken by
+    :meth:`poke`; started on first use, stopped (and its connection closed) by :meth:`close`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def poke(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    return
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:  # the committing connection's own checkpoints still bound the log
+                    pass
+        finally:
+            db.close()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stopping = True
+            self._wake.set()
+            self._thread.join()
+            self._thread = None
+
+
 class _Transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on an exception; nests as a no-op.
 
@@ -627,6 +686,7 @@ class _Transaction:
             if exc_type is None:
                 self.db.execute("COMMIT")
                 committed = True
+                self.store._committed()
         finally:
             if not committed:
                 if self.db.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
