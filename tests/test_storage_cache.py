@@ -189,15 +189,15 @@ def test_a_thread_of_the_store_checkpoints_the_write_ahead_log_and_stops_with_it
     import threading
 
     from support.waiting import wait_until
-    from zcoin.storage import CHECKPOINT_EVERY_COMMITS
+    from zcoin.storage import CHECKPOINT_EVERY_ROWS
 
     path = tmp_path / "chain.sqlite"
     store, chain = _open(path)
     store.db.execute("PRAGMA wal_autocheckpoint=0")  # the committing connection never checkpoints itself
     initial = path.stat().st_size
     builder = Builder()
-    builder.mine_empty(CHECKPOINT_EVERY_COMMITS + 1)
-    add_all(chain, builder.blocks)  # a commit per block
+    builder.mine_empty(CHECKPOINT_EVERY_ROWS // 2 + 1)
+    add_all(chain, builder.blocks)  # a commit per block, of two rows
     # Only a checkpoint writes the database file itself; the commits went to the log.
     wait_until(lambda: path.stat().st_size > initial, 10, "the blocks checkpointed into the file")
     assert [t for t in threading.enumerate() if t.name == "wal-checkpoint"]

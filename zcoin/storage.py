@@ -87,10 +87,11 @@ FLUSH_INTERVAL_S = 600.0
 DEFAULT_SYNCHRONOUS = "NORMAL"  # survives kill -9; see the module docstring
 # A checkpoint copies the write-ahead log into the file and fsyncs both.  Run by the committing
 # thread, as SQLite does after a commit that leaves the log longer than a bound, they took an eighth of
-# a long replay's wall time; so a thread of the store's own checkpoints every so many commits (SQLite
-# releases the GIL meanwhile), and the committing connection's own bound is only a backstop.
+# a long replay's wall time; so a thread of the store's own checkpoints once commits have changed so
+# many rows (some thousand pages of log for blocks, a second or two of acknowledgements at 1000 tx/s;
+# SQLite releases the GIL meanwhile), and the committing connection's own bound is only a backstop.
 WAL_CHECKPOINT_PAGES = 10_000
-CHECKPOINT_EVERY_COMMITS = 32
+CHECKPOINT_EVERY_ROWS = 2_000
 
 # quick_check reads the whole file (seconds on a large chain), so it runs only on a store left open
 # by a crash, where a half-written page is likeliest; damage is then reported at open rather than as a
@@ -285,7 +286,7 @@ class ChainStore:
         self.cache: StateCache | None = None  # set once the store is open
         self._on_close: list[Callable[[], None]] = []
         self._checkpointer = _Checkpointer(self.path)
-        self._commits = 0
+        self._checkpoint_at_changes = CHECKPOINT_EVERY_ROWS  # of ``db.total_changes``
         unclean = _wal_has_content(self.path)
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
@@ -426,8 +427,8 @@ class ChainStore:
             pass
 
     def _committed(self) -> None:
-        self._commits += 1
-        if self._commits % CHECKPOINT_EVERY_COMMITS == 0:
+        if self.db.total_changes >= self._checkpoint_at_changes:
+            self._checkpoint_at_changes = self.db.total_changes + CHECKPOINT_EVERY_ROWS
             self._checkpointer.poke()
 
     def transaction(self, *, durable: bool = False):
