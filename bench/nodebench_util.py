@@ -40,9 +40,10 @@ if str(TESTS_DIR) not in sys.path:  # the tests' support package: one wait_until
     sys.path.insert(0, str(TESTS_DIR))
 
 from support.waiting import wait_until  # noqa: E402
+from zcoin.wire import MAX_BLOCKS_PER_REQUEST  # noqa: E402
 
 CLI = [sys.executable, "-m", "zcoin.cli"]
-SYNC_BATCH = 16  # blocks a syncing node connects per SQL transaction: one ``blocks`` reply (wire.MAX_BLOCKS_PER_REQUEST)
+SYNC_BATCH = MAX_BLOCKS_PER_REQUEST  # blocks a syncing node connects per SQL transaction: one ``blocks`` reply
 HWM = 100_000  # the node's GOSSIP_HWM, so that neither side drops at the default 1000
 POLL_S = 0.01
 START_TIMEOUT_S = 30.0
