@@ -285,7 +285,7 @@ class ChainStore:
         self.flushed_at: float | None = None  # the node clock's time of the last timed flush
         self.cache: StateCache | None = None  # set once the store is open
         self._on_close: list[Callable[[], None]] = []
-        self._checkpointer = _Checkpointer(self.path)
+        self._checkpointer = _Checkpointer(self.path, self.synchronous)
         self._checkpoint_at_changes = CHECKPOINT_EVERY_ROWS  # of ``db.total_changes``
         unclean = _wal_has_content(self.path)
         try:
@@ -416,11 +416,11 @@ class ChainStore:
         """Flush the cache and close the file (a checkpoint folds the WAL back in)."""
         for callback in self._on_close:
             callback()
-        self._checkpointer.close()
         try:
             self.flush()
         except sqlite3.Error:  # nothing is lost: the next open replays the blocks after the last flush
             pass
+        self._checkpointer.close()
         try:
             self.db.close()
         except sqlite3.Error:
@@ -623,20 +623,27 @@ class _Checkpointer:
     :meth:`poke`; started on first use, stopped (and its connection closed) by :meth:`close`.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, synchronous: str) -> None:
         self.path = path
+        self.synchronous = synchronous  # the store's: its checkpoints fsync as the store's commits do
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
 
     def poke(self) -> None:
+        if self._stopping:
+            return
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
             self._thread.start()
         self._wake.set()
 
     def _run(self) -> None:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
+        except sqlite3.Error:  # the committing connection's own checkpoints still bound the log
+            return
         try:
             while True:
                 self._wake.wait()
@@ -651,8 +658,9 @@ class _Checkpointer:
             db.close()
 
     def close(self) -> None:
+        """Stop the thread for good (the store's connection checkpoints as it closes)."""
+        self._stopping = True
         if self._thread is not None:
-            self._stopping = True
             self._wake.set()
             self._thread.join()
             self._thread = None
