@@ -17,9 +17,9 @@ Tables:
   confirmed, in arrival order, so that a crash loses none of them.
 
 As in Bitcoin Core (``CCoinsViewCache``, ``-dbcache``), a block is written at once and
-the state it changes in batches.  Per block, one SQL transaction of two statements:
-its ``blocks`` row with the body and the undo data (the coins it spent and created),
-and its ``active`` row.  In memory
+the state it changes in batches.  Per block, two statements: its ``blocks`` row with
+the body and the undo data (the coins it spent and created), and its ``active`` row; in
+one SQL transaction per block, or per reply of blocks while syncing (``Chain.batch``).  In memory
 (:class:`StateCache`): the coins created and spent since the last flush (one created
 and spent in between never reaches the disk), coins lately read, and the new
 ``tx_index`` and ``address_index`` rows.  Per flush, one SQL transaction: all that,
