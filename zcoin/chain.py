@@ -511,11 +511,10 @@ class Chain:
         if parent is None:
             self.orphans.add(block)
             return ChainUpdate(orphaned=True, missing=self.orphans.missing_ancestor(block_hash))
-        if entry is None:
+        if entry is None or parent.status == INVALID:  # an indexed header passed these, its parent valid then
             self._check_header(block.header, parent, now)
+        if entry is None:
             entry = self._new_entry(block.header, parent, HAVE_DATA)
-        elif parent.status == INVALID:  # its header passed add_header's checks, against a parent valid then
-            raise BlockInvalidAncestor(f"parent {parent.hash_hex} is invalid", block=block.hash_hex)
         entry.status = HAVE_DATA
         try:
             with self.store.transaction():  # the block and what it connects: one commit, one fsync
