@@ -264,6 +264,6 @@ def connect_as_sync(chain, blocks: Iterable, now: int) -> None:
     (one reply's worth) to an SQL transaction (``Chain.batch``)."""
     remaining = iter(blocks)
     while batch := list(itertools.islice(remaining, SYNC_BATCH)):
-        with chain.batch():
+        with chain.batch(batch):
             for block in batch:
                 chain.add_block(block, now)

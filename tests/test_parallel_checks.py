@@ -13,7 +13,7 @@ import pytest
 
 from support.chain import NOW, PARAMS, Builder, open_chain
 from support.payments import dev_key, pay, premine_spend
-from zcoin.chain import SignatureCheckQueue
+from zcoin.sigchecks import SignatureCheckQueue
 from zcoin.consensus import errors as E
 from zcoin.consensus.crypto import schnorr_pubkey, schnorr_sign
 from zcoin.consensus.primitives import Block, OutPoint, Transaction, TxIn

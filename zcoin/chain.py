@@ -22,16 +22,17 @@ block's parent is stored): writing each of a long sync's headers cost a tenth
 of the sync, and after a restart peers send the missing headers again in a few
 round trips.
 
-A block's signatures are verified by a :class:`SignatureCheckQueue`, on the
-calling thread and one worker thread (as Core's ``CCheckQueue``), which stops
-when the chain's store is closed.
+A block's signatures are verified on the calling thread and one worker thread
+(:class:`~zcoin.sigchecks.SignatureCheckQueue`, as Core's ``CCheckQueue``).  A
+sync reply's blocks are checked ahead (:meth:`Chain.batch`): their other rules
+first, while a process of the chain's own verifies their signatures
+(:class:`~zcoin.sigchecks.SignatureCheckProcess`).  Both stop when the chain's
+store is closed.
 """
 
 from __future__ import annotations
 
 import itertools
-import queue
-import threading
 from collections import OrderedDict, deque
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -46,25 +47,23 @@ from zcoin.consensus.primitives import Block, BlockHeader
 from zcoin.consensus.validation import (
     HeaderContext,
     SignatureCheck,
+    UtxoDiff,
+    UtxoOverlay,
     check_block,
     check_header_context,
     connect_block,
-    first_invalid_signature,
     median_time_past,
     next_bits,
     reorg_path,
     retarget_window_start,
 )
+from zcoin.sigchecks import AHEAD_MIN_SIGNATURES, SignatureCheckProcess, SignatureCheckQueue
 from zcoin.storage import HAVE_DATA, HEADER_ONLY, INVALID, ChainStore
 
 MAX_ORPHAN_BLOCKS = 256
 MAX_ORPHAN_BYTES = 32 * 1024 * 1024
 MAX_LOCATOR_HASHES = 64
 MAX_CACHED_GAPS = 64  # sync targets (peer tips) whose path from the active chain is kept
-# A verify costs some 60 us, a hand-off to the worker and back some 20 us.  Measured on 2 cores with
-# the second one idle, splitting gains x1.5 at 2 signatures, x1.3 at 3, x1.6 at 4, x1.85 at 8; with
-# the second core busy it gains nothing, so only blocks with a few verifies per thread are split.
-PARALLEL_MIN_SIGNATURES = 4
 
 
 class BlockInvalidAncestor(E.InvalidBlock):
@@ -194,60 +193,14 @@ class OrphanPool:
         return missing
 
 
-class SignatureCheckQueue:
-    """Verifies a block's signatures on the calling thread and one worker thread (Core's ``CCheckQueue``).
+@dataclass(frozen=True, slots=True)
+class _CheckedAhead:
+    """A block whose rules passed before it was added (:meth:`Chain.batch`), its signatures being verified."""
 
-    A :data:`~zcoin.consensus.validation.SignatureVerifier`.  libsecp256k1 runs without
-    the GIL (coincurve's calls release it), so two threads verify a block's checks almost
-    twice as fast when the machine has a core to spare.  Below ``min_parallel`` checks
-    the hand-off costs more than it saves and the caller verifies them alone.  The
-    worker is started on first use and stopped by :meth:`close`; one caller at a time.
-    """
-
-    def __init__(self, min_parallel: int = PARALLEL_MIN_SIGNATURES) -> None:
-        self.min_parallel = min_parallel
-        self._jobs: queue.SimpleQueue[tuple[int, Sequence[SignatureCheck]] | None] = queue.SimpleQueue()
-        self._results: queue.SimpleQueue[tuple[int, int | None | BaseException]] = queue.SimpleQueue()
-        self._tickets = itertools.count()
-        self._worker: threading.Thread | None = None
-
-    def __call__(self, checks: Sequence[SignatureCheck]) -> int | None:
-        """The position of the first failing check in ``checks``, or None."""
-        if len(checks) < self.min_parallel:
-            return first_invalid_signature(checks)
-        if self._worker is None:
-            self._worker = threading.Thread(target=self._work, name="signature-checks", daemon=True)
-            self._worker.start()
-        half = len(checks) // 2
-        ticket = next(self._tickets)
-        self._jobs.put((ticket, checks[half:]))
-        try:
-            failed = first_invalid_signature(checks[:half])
-        finally:
-            # Always wait for the worker's answer; one left over by an interrupted call is skipped.
-            while (answer := self._results.get())[0] != ticket:
-                pass
-        theirs = answer[1]
-        if failed is not None:
-            return failed
-        if isinstance(theirs, BaseException):
-            raise theirs
-        return None if theirs is None else half + theirs
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            ticket, checks = job
-            try:
-                self._results.put((ticket, first_invalid_signature(checks)))
-            except BaseException as exc:  # raised in the caller's thread: the worker carries on
-                self._results.put((ticket, exc))
-
-    def close(self) -> None:
-        """Stop the worker thread, if it runs (a later call starts it again)."""
-        if self._worker is not None:
-            self._jobs.put(None)
-            self._worker.join()
-            self._worker = None
+    block: Block
+    diff: UtxoDiff
+    checks: list[SignatureCheck]
+    ticket: int
 
 
 class Chain:
@@ -258,7 +211,11 @@ class Chain:
         self.params = params
         self.orphans = orphans if orphans is not None else OrphanPool()  # an empty pool is falsy
         self.signature_checks = SignatureCheckQueue()
-        store.call_on_close(self.signature_checks.close)  # whoever closes the store stops the worker
+        self.checks_ahead = SignatureCheckProcess()
+        self.ahead_min_signatures = AHEAD_MIN_SIGNATURES
+        self._ahead: dict[bytes, _CheckedAhead] = {}
+        store.call_on_close(self.signature_checks.close)  # whoever closes the store stops the workers
+        store.call_on_close(self.checks_ahead.close)
         self._load()
 
     def _load(self) -> None:
@@ -442,19 +399,63 @@ class Chain:
         return self._new_entry(header, parent, HEADER_ONLY)  # in memory only: see the module docstring
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, blocks: Sequence[Block] = ()) -> Iterator[None]:
         """Store what the body adds in one SQL transaction: one commit for many blocks.
 
         A syncing node connects each reply of up to 16 blocks so (a commit cost as much as the
         rest of storing an empty block).  A crash loses the batch, fetched again after the
         restart, never part of one; a failed write rolls it all back and the index is reloaded.
+
+        ``blocks``, those the body will add (in order), are checked ahead: see :meth:`_check_ahead`.
         """
         try:
             with self.store.transaction():
+                self._check_ahead(blocks)
                 yield
         except Exception:
             self._load()  # what memory holds of the batch, the store has just rolled back
             raise
+        finally:
+            self._ahead.clear()
+            self.checks_ahead.forget()
+
+    def _check_ahead(self, blocks: Sequence[Block]) -> None:
+        """Check the rules of the run of ``blocks`` that extends the tip, and send their signatures to
+        the chain's signature process, before they are added one by one.
+
+        The signatures are then verified on the other core while this thread stores the blocks.
+        The UTXO set at a block's parent is the same whenever the block connects, so what
+        ``connect_block`` found here holds then; :meth:`_activate_best_chain` takes it once the
+        block's signatures passed, and judges the block from scratch otherwise (reporting
+        its first bad signature as ever).  The run ends at the first block that is known,
+        does not follow the one before, or breaks a rule (judged again when it is added).
+        """
+        if sum(len(tx.inputs) for block in blocks for tx in block.txs[1:]) < self.ahead_min_signatures \
+                or not self.checks_ahead.start():
+            return
+        view = UtxoOverlay(self.store)
+        tip = self.tip
+        prev_hash, height = tip.hash, tip.height
+        for block in blocks:
+            entry = self.index.get(block.hash)
+            if block.header.prev_hash != prev_hash or entry is not None and entry.status != HEADER_ONLY:
+                break
+            checks: list[SignatureCheck] = []
+            try:
+                check_block(block, self.params)
+                diff = connect_block(block, height + 1, view, self.params, checks.extend)  # nothing verified
+            except E.ValidationError:
+                break
+            self._ahead[block.hash] = _CheckedAhead(block, diff, checks, self.checks_ahead.submit(checks))
+            view.apply(diff)
+            prev_hash, height = block.hash, height + 1
+
+    def _diff_checked_ahead(self, block: Block) -> UtxoDiff | None:
+        """What ``connect_block`` says of ``block`` if it was checked ahead and its signatures passed."""
+        ahead = self._ahead.pop(block.hash, None)
+        if ahead is None or ahead.block is not block or not self.checks_ahead.passed(ahead.ticket, ahead.checks):
+            return None
+        return ahead.diff
 
     def add_block(self, block: Block, now: int) -> ChainUpdate:
         """Take a block from anywhere: check it, store it, follow the best chain, connect waiting orphans.
@@ -506,7 +507,9 @@ class Chain:
             raise BlockInvalidAncestor("block is known to be invalid", block=block.hash_hex)
         if entry is not None and entry.status == HAVE_DATA or block_hash in self.orphans:
             return ChainUpdate(known=True)
-        check_block(block, self.params)
+        ahead = self._ahead.get(block_hash)
+        if ahead is None or ahead.block is not block:  # else it passed just now
+            check_block(block, self.params)
         parent = self.index.get(block.header.prev_hash)
         if parent is None:
             self.orphans.add(block)
@@ -579,7 +582,9 @@ class Chain:
                 block = just_received if just_received is not None and just_received.hash == entry.hash \
                     else self.store.get_block(entry.hash)
                 try:
-                    diff = connect_block(block, entry.height, self.store, self.params, self.signature_checks)
+                    diff = self._diff_checked_ahead(block)
+                    if diff is None:
+                        diff = connect_block(block, entry.height, self.store, self.params, self.signature_checks)
                 except E.InvalidBlock as exc:
                     self._mark_invalid(entry)
                     update.invalid.append((entry.hash, exc))

@@ -288,18 +288,17 @@ class NodeCore:
             self.download.fetch_blocks()
 
     def on_blocks(self, peer: Peer, msg: wire.Message, request: Request) -> set[bytes]:
-        delivered = set()
+        blocks = []
+        for raw in msg["blocks"]:
+            try:
+                blocks.append(Block.parse(raw))
+            except E.DecodeError as exc:
+                self.penalise(peer, PENALTY_MALFORMED, f"undecodable block: {exc}")
         # One commit for the reply, the durable mempool's changes included: a crash loses all of it or none.
-        with self.chain.batch():
-            for raw in msg["blocks"]:
-                try:
-                    block = Block.parse(raw)
-                except E.DecodeError as exc:
-                    self.penalise(peer, PENALTY_MALFORMED, f"undecodable block: {exc}")
-                    continue
-                delivered.add(block.hash)
+        with self.chain.batch(blocks):
+            for block in blocks:
                 self.accept_block(block, peer, relay=False)
-        return delivered
+        return {block.hash for block in blocks}
 
     def on_gossip(self, name: str, topic: bytes, payload: bytes) -> None:
         """A message on peer ``name``'s gossip, under ``topic``."""

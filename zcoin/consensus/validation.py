@@ -96,8 +96,12 @@ class MemoryUtxoSet:
         self.coins.update(diff.spent)
 
 
-class _BlockOverlay:
-    """The UTXO view while a block is being connected: the base plus the block's changes so far."""
+class UtxoOverlay:
+    """A UTXO view: ``base`` with changes held in memory over it (``base`` is never modified).
+
+    What a block being connected sees (the block's changes so far), and what a run of
+    blocks checked ahead of being stored sees (the diffs of those before it).
+    """
 
     __slots__ = ("base", "created", "spent")
 
@@ -111,6 +115,13 @@ class _BlockOverlay:
             return None
         coin = self.created.get(outpoint)
         return coin if coin is not None else self.base.get_coin(outpoint)
+
+    def apply(self, diff: UtxoDiff) -> None:
+        """Spend and create as ``diff`` says."""
+        for outpoint, _ in diff.spent:
+            if self.created.pop(outpoint, None) is None:
+                self.spent.add(outpoint)
+        self.created.update(diff.created)
 
 
 def tx_coins(tx: Transaction, height: int) -> list[tuple[OutPoint, Coin]]:
@@ -348,7 +359,7 @@ def connect_block(block: Block, height: int, view: UtxoView, params: ChainParams
     The signatures are checked after every other rule, all at once, by
     ``verify_signatures``; the first one to fail in block order is reported.
     """
-    overlay = _BlockOverlay(view)
+    overlay = UtxoOverlay(view)
     spent: list[tuple[OutPoint, Coin]] = []
     checks: list[SignatureCheck] = []
     fees = 0

@@ -1,0 +1,233 @@
+"""A sync reply checked ahead: its blocks' rules first, their signatures in the chain's signature process.
+
+Whatever the process does (answers, starts late, dies, freezes), the chain ends where adding
+the blocks one by one with every check on the calling thread ends: the same tip, the same
+UTXO set, the same block refused with the same first bad signature named.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+
+import pytest
+
+from support.chain import NOW, Builder, open_chain
+from support.payments import dev_key, premine_spend
+from support.payments import pay as sign_payment
+from zcoin.consensus import errors as E
+from zcoin.consensus.crypto import schnorr_pubkey, schnorr_sign
+from zcoin.consensus.primitives import Block, OutPoint, Transaction, TxIn
+from zcoin.consensus.validation import SignatureCheck, first_invalid_signature
+from zcoin.sigchecks import SignatureCheckProcess
+
+ACCOUNTS = 8
+FEE = 1_000
+
+
+def _respend(funding: list[Transaction]) -> list[Transaction]:
+    """Per transaction (account ``i``'s, two outputs), one spending both outputs into two: two signatures."""
+    txs = []
+    for account, tx in enumerate(funding):
+        total = tx.outputs[0].amount + tx.outputs[1].amount - FEE
+        txs.append(sign_payment([(OutPoint(tx.txid, 0), dev_key(account)), (OutPoint(tx.txid, 1), dev_key(account))],
+                                [total // 2, total - total // 2]))
+    return txs
+
+
+def _with_bad_signature(tx: Transaction, index: int) -> Transaction:
+    inputs = list(tx.inputs)
+    signature = inputs[index].signature
+    inputs[index] = TxIn(inputs[index].prev, signature[:-1] + bytes([signature[-1] ^ 1]))
+    return Transaction(tx.version, tuple(inputs), tx.outputs)
+
+
+def _reply(bad: tuple[int, int, int] | None = None, blocks: int = 5) -> tuple[Builder, list[Block]]:
+    """Block 1 funds ``ACCOUNTS`` accounts; the reply is the ``blocks`` after it, 16 signatures each.
+
+    ``bad``: (block of the reply, transaction, input) whose signature is damaged; the blocks
+    after it build on it all the same.
+    """
+    builder = Builder()
+    txs = [premine_spend(account) for account in range(ACCOUNTS)]
+    builder.mine(txs)
+    reply = []
+    for position in range(blocks):
+        txs = _respend(txs)
+        if bad is not None and bad[0] == position:
+            txs[bad[1]] = _with_bad_signature(txs[bad[1]], bad[2])
+        reply.append(builder.mine(txs, unchecked=bad is not None and position >= bad[0]))
+    return builder, reply
+
+
+def _add_reply(chain, reply: list[Block]) -> list[object]:
+    """Add ``reply`` as a syncing node does; per block, what became of it."""
+    outcomes = []
+    with chain.batch(reply):
+        for block in reply:
+            try:
+                update = chain.add_block(block, NOW)
+                outcomes.append(("orphaned",) if update.orphaned else ("connected", [b.hash for b in update.connected]))
+            except E.BlockBadTx as exc:
+                outcomes.append(("bad tx", exc.tx_error.code, exc.tx_error.data))
+            except E.InvalidBlock as exc:
+                outcomes.append(("invalid", exc.code))
+    return outcomes
+
+
+def _run(tmp_path, name: str, builder: Builder, reply: list[Block], *, ahead: bool, prepare=None):
+    store, chain = open_chain(tmp_path / f"{name}.sqlite")
+    try:
+        chain.add_block(builder.blocks[1], NOW)
+        if ahead:
+            chain.ahead_min_signatures = 1
+            if prepare is not None:
+                prepare(chain.checks_ahead)
+        else:
+            chain.ahead_min_signatures = 10**9
+        outcomes = _add_reply(chain, reply)
+        return outcomes, chain.tip.hash, store.utxo_snapshot(), chain.checks_ahead
+    finally:
+        store.close()
+
+
+def _start_and_wait(process: SignatureCheckProcess) -> None:
+    assert process.start(wait=True)
+
+
+@pytest.mark.parametrize("bad", [None, (0, 0, 0), (2, 5, 1), (4, 7, 0)])
+def test_a_reply_checked_ahead_ends_where_adding_its_blocks_one_by_one_ends(tmp_path, bad):
+    builder, reply = _reply(bad)
+    ahead = _run(tmp_path, "ahead", builder, reply, ahead=True, prepare=_start_and_wait)
+    alone = _run(tmp_path, "alone", builder, reply, ahead=False)
+    assert ahead[:3] == alone[:3]
+    outcomes = ahead[0]
+    if bad is None:
+        assert [o[0] for o in outcomes] == ["connected"] * len(reply)
+        assert ahead[1] == reply[-1].hash
+        assert ahead[3].verified_by_process == len(reply)  # every verdict came from the process
+    else:
+        block, tx, index = bad
+        assert outcomes[block] == ("bad tx", "bad-txns-signature", {"txid": reply[block].txs[tx + 1].txid_hex,
+                                                                    "index": index})
+        assert all(o[0] == "connected" for o in outcomes[:block])
+        # Its child is refused, and the blocks after that wait for a parent that never came in.
+        assert outcomes[block + 1:] == [("invalid", "bad-prevblk"), *[("orphaned",)] * 3][:len(reply) - block - 1]
+        assert ahead[1] == (reply[block - 1].hash if block else builder.blocks[1].hash)
+
+
+def test_a_block_breaking_another_rule_ends_the_run_checked_ahead_and_is_judged_as_ever(tmp_path):
+    builder = Builder()
+    txs = [premine_spend(account) for account in range(ACCOUNTS)]
+    builder.mine(txs)
+    reply = []
+    for position in range(4):
+        txs = _respend(txs)
+        if position == 1:  # spends a coin that never existed, beside good transactions
+            txs[3] = sign_payment([(OutPoint(bytes(range(32)), 0), dev_key(3))], [5_000, 5_000])
+        reply.append(builder.mine(txs, unchecked=position >= 1))
+    ahead = _run(tmp_path, "ahead", builder, reply, ahead=True, prepare=_start_and_wait)
+    alone = _run(tmp_path, "alone", builder, reply, ahead=False)
+    assert ahead[:3] == alone[:3]
+    assert ahead[0][:2] == [("connected", [reply[0].hash]), ("bad tx", "bad-txns-inputs-missingorspent",
+                                                             {"txid": reply[1].txs[4].txid_hex, "index": 0,
+                                                              "outpoint": str(OutPoint(bytes(range(32)), 0))})]
+    assert ahead[3].verified_by_process == 1  # the block before it; none after it was checked ahead
+
+
+def test_checks_sent_while_the_process_starts_are_verified_by_the_caller(tmp_path):
+    builder, reply = _reply((3, 1, 1))
+    ahead = _run(tmp_path, "ahead", builder, reply, ahead=True)  # not waited for: it is still starting
+    alone = _run(tmp_path, "alone", builder, reply, ahead=False)
+    assert ahead[:3] == alone[:3]
+    assert ahead[0][3][0] == "bad tx"
+
+
+def _random_checks(rng: random.Random, count: int, bad: set[int]) -> list[SignatureCheck]:
+    tx = premine_spend(0)
+    checks = []
+    for position in range(count):
+        key, msg32 = rng.randbytes(32), rng.randbytes(32)
+        signature = schnorr_sign(msg32, key, bytes(32))
+        if position in bad:
+            signature = rng.choice([bytes(64), signature[:32] + rng.randbytes(32), signature[:63]])
+        checks.append(SignatureCheck(msg32, schnorr_pubkey(key), signature, tx, position))
+    return checks
+
+
+def _random_jobs(seed: int, jobs: int) -> list[list[SignatureCheck]]:
+    rng = random.Random(seed)
+    result = []
+    for _ in range(jobs):
+        count = rng.randrange(1, 10)
+        bad = {rng.randrange(count) for _ in range(rng.choice([0, 0, 1, 2]))}
+        result.append(_random_checks(rng, count, bad))
+    return result
+
+
+@pytest.fixture
+def process():
+    process = SignatureCheckProcess(answer_timeout=2.0)
+    yield process
+    process.close()
+
+
+def test_the_process_says_what_the_sequential_verifier_says(process):
+    assert process.start(wait=True)
+    jobs = _random_jobs(3, 30)
+    tickets = [process.submit(checks) for checks in jobs]
+    assert [process.passed(t, c) for t, c in zip(tickets, jobs)] == \
+           [first_invalid_signature(checks) is None for checks in jobs]
+    assert {first_invalid_signature(checks) is None for checks in jobs} == {True, False}  # both kinds were asked
+    # Every job but those with a signature of the wrong length (never sent) was answered by the process.
+    assert process.verified_by_process == sum(all(len(c.signature) == 64 for c in checks) for checks in jobs)
+
+
+def test_a_killed_process_is_given_up_and_the_caller_verifies_alone(process):
+    assert process.start(wait=True)
+    pid = process.pid
+    jobs = _random_jobs(4, 12)
+    tickets = [process.submit(checks) for checks in jobs[:6]]
+    os.kill(pid, signal.SIGKILL)
+    tickets += [process.submit(checks) for checks in jobs[6:]]
+    assert [process.passed(t, c) for t, c in zip(tickets, jobs)] == \
+           [first_invalid_signature(checks) is None for checks in jobs]
+    assert not process.running
+    assert process.start() is False  # for good: a process that died once is not started again
+
+
+def test_a_frozen_process_is_given_up_after_the_answer_timeout():
+    process = SignatureCheckProcess(answer_timeout=0.3)
+    try:
+        assert process.start(wait=True)
+        pid = process.pid
+        os.kill(pid, signal.SIGSTOP)
+        jobs = _random_jobs(5, 3)
+        tickets = [process.submit(checks) for checks in jobs]
+        assert [process.passed(t, c) for t, c in zip(tickets, jobs)] == \
+               [first_invalid_signature(checks) is None for checks in jobs]
+        assert not process.running
+        with pytest.raises(ProcessLookupError):  # killed and reaped, not left stopped
+            os.kill(pid, 0)
+    finally:
+        process.close()
+
+
+def test_the_process_starts_on_a_large_reply_only_and_stops_with_the_store(tmp_path):
+    builder, reply = _reply(blocks=6)  # 16 signatures a block
+    store, chain = open_chain(tmp_path / "chain.sqlite")
+    try:
+        chain.add_block(builder.blocks[1], NOW)
+        chain.ahead_min_signatures = 49
+        assert [o[0] for o in _add_reply(chain, reply[:3])] == ["connected"] * 3  # 48 signatures
+        assert not chain.checks_ahead.running
+        chain.ahead_min_signatures = 48
+        assert [o[0] for o in _add_reply(chain, reply[3:])] == ["connected"] * 3
+        assert chain.checks_ahead.running
+        pid = chain.checks_ahead.pid
+    finally:
+        store.close()
+    assert not chain.checks_ahead.running
+    with pytest.raises(ProcessLookupError):  # gone and reaped
+        os.kill(pid, 0)

@@ -1,0 +1,306 @@
+"""Signature checks off the chain manager's path, as Bitcoin Core's ``CCheckQueue`` does them.
+
+A block's signatures cost more than all its other rules, and libsecp256k1 needs no
+interpreter: two ways to spend the second core on them.
+
+- :class:`SignatureCheckQueue`, for a block on its own (from the gossip, the node's
+  miner): the block's checks split between the calling thread and a worker thread.
+  coincurve releases the GIL while it verifies, so both threads verify at once; the
+  caller waits for the worker's half, which frees the GIL for it.
+- :class:`SignatureCheckProcess`, for a sync reply of many blocks: the chain manager
+  checks every other rule of the blocks first and sends their signatures to a process of
+  its own, then stores the blocks one by one while the process verifies.  A thread would
+  not do here: while the chain manager runs Python, a thread waiting for the GIL gets it
+  only every switch interval (5 ms), so it would verify a few signatures a second.
+
+Either way the caller learns which check failed first in block order (the process says
+only "all valid", and the chain manager checks a block it does not say so of again).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import select
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+
+from loguru import logger
+
+from zcoin.consensus.crypto import schnorr_verify
+from zcoin.consensus.primitives import SIGNATURE_BYTES
+from zcoin.consensus.validation import SignatureCheck, first_invalid_signature
+
+# A verify costs some 60 us, a hand-off to the worker and back some 20 us.  Measured on 2 cores with
+# the second one idle, splitting gains x1.5 at 2 signatures, x1.3 at 3, x1.6 at 4, x1.85 at 8; with
+# the second core busy it gains nothing, so only blocks with a few verifies per thread are split.
+PARALLEL_MIN_SIGNATURES = 4
+
+# The process costs a fifth of a second of the other core to start (once) and 2-3 us per signature
+# to send; a reply with fewer signatures than this is checked block by block, as single blocks are.
+AHEAD_MIN_SIGNATURES = 64
+# Signatures sent and not yet answered: 128 bytes each, so at most 32 KB waits in the pipe (a Linux
+# pipe holds 64 KB) and a send never blocks.  The caller verifies what does not fit itself.
+MAX_IN_FLIGHT = 256
+_RECORD = 32 + 32 + SIGNATURE_BYTES  # message, key, signature
+# The caller waits this long for an answer the process owes before it gives up on the process
+# (stopped, swapped out, wedged) and verifies alone from then on.
+ANSWER_TIMEOUT_S = 10.0
+
+
+class SignatureCheckQueue:
+    """Verifies a block's signatures on the calling thread and one worker thread (Core's ``CCheckQueue``).
+
+    A :data:`~zcoin.consensus.validation.SignatureVerifier`.  libsecp256k1 runs without
+    the GIL (coincurve's calls release it), so two threads verify a block's checks almost
+    twice as fast when the machine has a core to spare.  Below ``min_parallel`` checks
+    the hand-off costs more than it saves and the caller verifies them alone.  The
+    worker is started on first use and stopped by :meth:`close`; one caller at a time.
+    """
+
+    def __init__(self, min_parallel: int = PARALLEL_MIN_SIGNATURES) -> None:
+        self.min_parallel = min_parallel
+        self._jobs: queue.SimpleQueue[tuple[int, Sequence[SignatureCheck]] | None] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[tuple[int, int | None | BaseException]] = queue.SimpleQueue()
+        self._tickets = itertools.count()
+        self._worker: threading.Thread | None = None
+
+    def __call__(self, checks: Sequence[SignatureCheck]) -> int | None:
+        """The position of the first failing check in ``checks``, or None."""
+        if len(checks) < self.min_parallel:
+            return first_invalid_signature(checks)
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, name="signature-checks", daemon=True)
+            self._worker.start()
+        half = len(checks) // 2
+        ticket = next(self._tickets)
+        self._jobs.put((ticket, checks[half:]))
+        try:
+            failed = first_invalid_signature(checks[:half])
+        finally:
+            # Always wait for the worker's answer; one left over by an interrupted call is skipped.
+            while (answer := self._results.get())[0] != ticket:
+                pass
+        theirs = answer[1]
+        if failed is not None:
+            return failed
+        if isinstance(theirs, BaseException):
+            raise theirs
+        return None if theirs is None else half + theirs
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            ticket, checks = job
+            try:
+                self._results.put((ticket, first_invalid_signature(checks)))
+            except BaseException as exc:  # raised in the caller's thread: the worker carries on
+                self._results.put((ticket, exc))
+
+    def close(self) -> None:
+        """Stop the worker thread, if it runs (a later call starts it again)."""
+        if self._worker is not None:
+            self._jobs.put(None)
+            self._worker.join()
+            self._worker = None
+
+
+class SignatureCheckProcess:
+    """Verifies batches of checks in a process of its own while the caller goes on.
+
+    :meth:`submit` hands over one block's checks and returns a ticket at once;
+    :meth:`passed` later says whether they are all valid.  The process answers in order.
+    It never makes the caller slower than verifying alone: checks that do not fit in the
+    pipe (``MAX_IN_FLIGHT``) stay with the caller, and so do those sent while the process
+    was still starting (it answers them anyway; the answers are dropped).  A process that
+    dies, or owes an answer for ``answer_timeout`` seconds, is given up for good: the caller
+    verifies alone from then on.  Started by :meth:`start`, stopped by :meth:`close`.
+
+    The process is ``python -m zcoin.sigchecks`` (not ``multiprocessing``, whose spawned
+    child first imports the parent's main script: a script without a ``__main__`` guard
+    would run again in it).  Its pipes carry a job as a 4-byte length and 128-byte records,
+    and an answer as one byte.
+    """
+
+    def __init__(self, answer_timeout: float = ANSWER_TIMEOUT_S) -> None:
+        self.answer_timeout = answer_timeout
+        self._process: subprocess.Popen | None = None
+        self._ready = False  # the process said it is up: from then on the caller waits for its answers
+        self._failed = False
+        self._tickets = itertools.count()
+        self._sent: deque[tuple[int, int]] = deque()  # (ticket, checks) answers owed, oldest first
+        self._owed: set[int] = set()  # their tickets
+        self._in_flight = 0
+        self._answers: dict[int, bool] = {}
+        self._dropped: set[int] = set()  # sent, then verified by the caller: the answer is dropped
+        self.verified_by_process = 0  # jobs whose answer the caller took
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self, *, wait: bool = False) -> bool:
+        """Start the process if it is not running; False if it cannot run (the caller verifies alone).
+
+        ``wait``: return once it is ready to verify (else the first checks sent wait for it to start).
+        """
+        if self._process is None and not self._failed:
+            self._spawn()
+        while wait and self._process is not None and not self._ready:
+            if not self._collect(self.answer_timeout):
+                self._give_up(f"the signature process did not start in {self.answer_timeout:g} s")
+        return self._process is not None
+
+    def _spawn(self) -> None:
+        package_root = str(Path(__file__).resolve().parent.parent)  # where this zcoin is, installed or not
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+        try:
+            self._process = subprocess.Popen([sys.executable, "-m", "zcoin.sigchecks"], stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE, env=env)
+        except OSError as exc:
+            self._give_up(f"cannot start the signature process: {exc}")
+
+    def submit(self, checks: Sequence[SignatureCheck]) -> int:
+        """Send ``checks`` to the process if it runs and they fit; the ticket :meth:`passed` takes."""
+        ticket = next(self._tickets)
+        if self._process is None or not checks:
+            return ticket
+        self._collect(0)
+        if self._in_flight + len(checks) > MAX_IN_FLIGHT or self._process is None:
+            return ticket
+        if any(len(c.signature) != SIGNATURE_BYTES or len(c.pubkey) != 32 for c in checks):
+            return ticket  # invalid anyway: the caller finds which one
+        job = b"".join([c.msg32 + c.pubkey + c.signature for c in checks])
+        try:
+            os.write(self._process.stdin.fileno(), len(job).to_bytes(4, "little") + job)  # < a pipe's buffer
+        except OSError as exc:
+            self._give_up(f"signature process gone: {exc}")
+            return ticket
+        self._sent.append((ticket, len(checks)))
+        self._owed.add(ticket)
+        self._in_flight += len(checks)
+        return ticket
+
+    def passed(self, ticket: int, checks: Sequence[SignatureCheck]) -> bool:
+        """True if every check of ``ticket`` (``checks``, as submitted) is valid."""
+        self._collect(0)
+        while self._ready and ticket in self._owed:
+            if not self._collect(self.answer_timeout):
+                self._give_up(f"no answer from the signature process in {self.answer_timeout:g} s")
+        answer = self._answers.pop(ticket, None)
+        if answer is not None:
+            self.verified_by_process += 1
+            return answer
+        if ticket in self._owed:
+            self._dropped.add(ticket)  # still starting: the caller does not wait for it
+        return first_invalid_signature(checks) is None
+
+    def forget(self) -> None:
+        """Drop the answers not asked for (blocks that were not added after all)."""
+        self._answers.clear()
+        self._dropped.update(self._owed)
+
+    def close(self) -> None:
+        """Stop the process (it goes when its pipe closes) and wait for it."""
+        process, self._process = self._process, None
+        self._ready = False
+        self._sent.clear()
+        self._owed.clear()
+        self._in_flight = 0
+        self._answers.clear()
+        self._dropped.clear()
+        if process is not None:
+            for pipe in (process.stdin, process.stdout):
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+            try:
+                process.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    # --- the answers --------------------------------------------------------------
+
+    def _collect(self, timeout: float) -> bool:
+        """Read the answers that have come, waiting up to ``timeout`` for one; False if none came."""
+        if self._process is None:
+            return False
+        fd = self._process.stdout.fileno()
+        try:
+            if not select.select([fd], [], [], timeout)[0]:
+                return False
+            answers = os.read(fd, 4096)
+        except OSError as exc:
+            self._give_up(f"signature process gone: {exc}")
+            return False
+        if not answers:
+            self._give_up(f"signature process gone (exit status {self._process.poll()})")
+            return False
+        for answer in answers:
+            self._take(answer)
+        return True
+
+    def _take(self, answer: int) -> None:
+        if answer == _READY:
+            self._ready = True
+            return
+        ticket, count = self._sent.popleft()
+        self._owed.discard(ticket)
+        self._in_flight -= count
+        if ticket in self._dropped:
+            self._dropped.discard(ticket)
+        else:
+            self._answers[ticket] = answer == _VALID
+
+    def _give_up(self, why: str) -> None:
+        logger.warning("signatures checked on the chain's thread only from now", reason=why)
+        self._failed = True
+        self.close()
+
+
+_READY, _VALID, _INVALID = b"R"[0], 1, 0
+
+
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def serve(stdin: int = 0, stdout: int = 1) -> None:
+    """The signature process: verify each job it reads, answer ``1`` (all valid) or ``0``; end at EOF."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the node's to handle; this one ends with its pipe
+    os.write(stdout, bytes([_READY]))
+    while (header := _read_exactly(stdin, 4)) is not None:
+        job = _read_exactly(stdin, int.from_bytes(header, "little"))
+        if job is None:
+            return
+        try:
+            valid = len(job) % _RECORD == 0 and all(
+                schnorr_verify(job[at:at + 32], job[at + 32:at + 64], job[at + 64:at + _RECORD])
+                for at in range(0, len(job), _RECORD))
+        except ValueError:
+            valid = False
+        try:
+            os.write(stdout, bytes([_VALID if valid else _INVALID]))
+        except OSError:  # the node is gone
+            return
+
+
+if __name__ == "__main__":
+    serve()
