@@ -92,7 +92,7 @@ class MempoolEntry:
     @property
     def sort_key(self) -> tuple[float, int]:
         """Ascending order = best first: higher fee rate, then earlier arrival."""
-        return (-self.fee_rate, self.seq)
+        return (self.neg_fee_rate, self.seq)
 
 
 class MempoolView:
