@@ -231,3 +231,14 @@ def test_the_process_starts_on_a_large_reply_only_and_stops_with_the_store(tmp_p
     assert not chain.checks_ahead.running
     with pytest.raises(ProcessLookupError):  # gone and reaped
         os.kill(pid, 0)
+
+
+def test_blocks_of_more_checks_than_the_pipes_hold_are_shared_with_the_caller(process):
+    assert process.start(wait=True)
+    rng = random.Random(8)
+    good = _random_checks(rng, 300, set())
+    blocks = [good, good[:200] + _random_checks(rng, 100, {97}), good[::-1], good[:130]]
+    tickets = [process.submit(checks) for checks in blocks]  # 1,030 checks: most wait to be sent
+    assert [process.passed(t, c) for t, c in zip(tickets, blocks)] == [True, False, True, True]
+    # Some jobs came back from the process, the others this thread took before they were sent.
+    assert 0 < process.verified_by_process < sum(len(t) for t in tickets)

@@ -200,7 +200,7 @@ class _CheckedAhead:
     block: Block
     diff: UtxoDiff
     checks: list[SignatureCheck]
-    ticket: int
+    tickets: list[int]
 
 
 class Chain:
@@ -453,7 +453,7 @@ class Chain:
     def _diff_checked_ahead(self, block: Block) -> UtxoDiff | None:
         """What ``connect_block`` says of ``block`` if it was checked ahead and its signatures passed."""
         ahead = self._ahead.pop(block.hash, None)
-        if ahead is None or ahead.block is not block or not self.checks_ahead.passed(ahead.ticket, ahead.checks):
+        if ahead is None or ahead.block is not block or not self.checks_ahead.passed(ahead.tickets, ahead.checks):
             return None
         return ahead.diff
 

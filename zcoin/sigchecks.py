@@ -46,8 +46,9 @@ PARALLEL_MIN_SIGNATURES = 4
 # to send; a reply with fewer signatures than this is checked block by block, as single blocks are.
 AHEAD_MIN_SIGNATURES = 64
 # Signatures sent and not yet answered: 128 bytes each, so at most 32 KB waits in the pipe (a Linux
-# pipe holds 64 KB) and a send never blocks.  The caller verifies what does not fit itself.
+# pipe holds 64 KB) and a send never blocks; the rest wait to be sent, in jobs of at most 64.
 MAX_IN_FLIGHT = 256
+JOB_CHECKS = 64
 _RECORD = 32 + 32 + SIGNATURE_BYTES  # message, key, signature
 # The caller waits this long for an answer the process owes before it gives up on the process
 # (stopped, swapped out, wedged) and verifies alone from then on.
@@ -111,14 +112,16 @@ class SignatureCheckQueue:
 
 
 class SignatureCheckProcess:
-    """Verifies batches of checks in a process of its own while the caller goes on.
+    """Verifies checks in a process of its own while the caller goes on.
 
-    :meth:`submit` hands over one block's checks and returns a ticket at once;
-    :meth:`passed` later says whether they are all valid.  The process answers in order.
-    It never makes the caller slower than verifying alone: checks that do not fit in the
-    pipe (``MAX_IN_FLIGHT``) stay with the caller, and so do those sent while the process
-    was still starting (it answers them anyway; the answers are dropped).  A process that
-    dies, or owes an answer for ``answer_timeout`` seconds, is given up for good: the caller
+    :meth:`submit` hands over one block's checks and returns at once; :meth:`passed`
+    later says whether they are all valid.  The checks travel in jobs of at most
+    ``JOB_CHECKS``, answered in order, and at most ``MAX_IN_FLIGHT`` checks are in the
+    pipes at a time (the rest wait in this object and go as answers come back).  It never
+    makes the caller slower than verifying alone: :meth:`passed` verifies itself the
+    jobs of its block not sent yet, and those sent while the process was still starting
+    (the process answers them anyway; the answers are dropped).  A process that dies, or
+    owes an answer for ``answer_timeout`` seconds, is given up for good: the caller
     verifies alone from then on.  Started by :meth:`start`, stopped by :meth:`close`.
 
     The process is ``python -m zcoin.sigchecks`` (not ``multiprocessing``, whose spawned
@@ -130,9 +133,11 @@ class SignatureCheckProcess:
     def __init__(self, answer_timeout: float = ANSWER_TIMEOUT_S) -> None:
         self.answer_timeout = answer_timeout
         self._process: subprocess.Popen | None = None
+        self._poller: select.poll | None = None
         self._ready = False  # the process said it is up: from then on the caller waits for its answers
         self._failed = False
         self._tickets = itertools.count()
+        self._unsent: dict[int, bytes] = {}  # ticket -> job, in submission order
         self._sent: deque[tuple[int, int]] = deque()  # (ticket, checks) answers owed, oldest first
         self._owed: set[int] = set()  # their tickets
         self._in_flight = 0
@@ -168,51 +173,59 @@ class SignatureCheckProcess:
                                              stdout=subprocess.PIPE, env=env)
         except OSError as exc:
             self._give_up(f"cannot start the signature process: {exc}")
+            return
+        self._poller = select.poll()
+        self._poller.register(self._process.stdout.fileno(), select.POLLIN)
 
-    def submit(self, checks: Sequence[SignatureCheck]) -> int:
-        """Send ``checks`` to the process if it runs and they fit; the ticket :meth:`passed` takes."""
-        ticket = next(self._tickets)
-        if self._process is None or not checks:
-            return ticket
-        self._collect(0)
-        if self._in_flight + len(checks) > MAX_IN_FLIGHT or self._process is None:
-            return ticket
-        if any(len(c.signature) != SIGNATURE_BYTES or len(c.pubkey) != 32 for c in checks):
-            return ticket  # invalid anyway: the caller finds which one
-        job = b"".join([c.msg32 + c.pubkey + c.signature for c in checks])
-        try:
-            os.write(self._process.stdin.fileno(), len(job).to_bytes(4, "little") + job)  # < a pipe's buffer
-        except OSError as exc:
-            self._give_up(f"signature process gone: {exc}")
-            return ticket
-        self._sent.append((ticket, len(checks)))
-        self._owed.add(ticket)
-        self._in_flight += len(checks)
-        return ticket
+    def submit(self, checks: Sequence[SignatureCheck]) -> list[int]:
+        """Queue ``checks`` for the process (sending what fits); the tickets :meth:`passed` takes.
 
-    def passed(self, ticket: int, checks: Sequence[SignatureCheck]) -> bool:
-        """True if every check of ``ticket`` (``checks``, as submitted) is valid."""
+        Without a process, or for checks that cannot be valid (a signature of the wrong
+        length), nothing is queued: :meth:`passed` verifies them.
+        """
+        tickets = [next(self._tickets) for _ in range(0, len(checks), JOB_CHECKS)]
+        if self._process is None or any(len(c.signature) != SIGNATURE_BYTES or len(c.pubkey) != 32 for c in checks):
+            return tickets
+        for ticket, at in zip(tickets, range(0, len(checks), JOB_CHECKS)):
+            self._unsent[ticket] = b"".join([c.msg32 + c.pubkey + c.signature for c in checks[at:at + JOB_CHECKS]])
         self._collect(0)
-        while self._ready and ticket in self._owed:
-            if not self._collect(self.answer_timeout):
-                self._give_up(f"no answer from the signature process in {self.answer_timeout:g} s")
-        answer = self._answers.pop(ticket, None)
-        if answer is not None:
-            self.verified_by_process += 1
-            return answer
-        if ticket in self._owed:
-            self._dropped.add(ticket)  # still starting: the caller does not wait for it
-        return first_invalid_signature(checks) is None
+        return tickets
+
+    def passed(self, tickets: list[int], checks: Sequence[SignatureCheck]) -> bool:
+        """True if all ``checks`` (as submitted, with their ``tickets``) are valid."""
+        self._collect(0)
+        jobs = zip(tickets, (checks[at:at + JOB_CHECKS] for at in range(0, len(checks), JOB_CHECKS)))
+        valid, left = True, []
+        for ticket, job in jobs:  # jobs not sent yet are this thread's, checked while the process works
+            if self._unsent.pop(ticket, None) is None:
+                left.append((ticket, job))
+            elif valid:
+                valid = first_invalid_signature(job) is None
+        for ticket, job in left:
+            while valid and self._ready and ticket in self._owed:
+                if not self._collect(self.answer_timeout):
+                    self._give_up(f"no answer from the signature process in {self.answer_timeout:g} s")
+            if ticket in self._owed:  # sent while the process was starting (or no longer needed): not waited for
+                self._dropped.add(ticket)
+            answer = self._answers.pop(ticket, None)
+            if answer is not None:
+                self.verified_by_process += 1
+                valid = valid and answer
+            elif valid:  # never sent, not waited for, or the process is gone
+                valid = first_invalid_signature(job) is None
+        return valid
 
     def forget(self) -> None:
-        """Drop the answers not asked for (blocks that were not added after all)."""
+        """Drop what was submitted and not asked for (blocks that were not added after all)."""
+        self._unsent.clear()
         self._answers.clear()
         self._dropped.update(self._owed)
 
     def close(self) -> None:
         """Stop the process (it goes when its pipe closes) and wait for it."""
-        process, self._process = self._process, None
+        process, self._process, self._poller = self._process, None, None
         self._ready = False
+        self._unsent.clear()
         self._sent.clear()
         self._owed.clear()
         self._in_flight = 0
@@ -230,26 +243,46 @@ class SignatureCheckProcess:
                 process.kill()
                 process.wait()
 
-    # --- the answers --------------------------------------------------------------
+    # --- the pipes -----------------------------------------------------------------
 
     def _collect(self, timeout: float) -> bool:
-        """Read the answers that have come, waiting up to ``timeout`` for one; False if none came."""
+        """Read the answers that have come, waiting up to ``timeout`` s for one, then send what now fits.
+
+        False if no answer came (or the process is gone).
+        """
         if self._process is None:
             return False
-        fd = self._process.stdout.fileno()
         try:
-            if not select.select([fd], [], [], timeout)[0]:
-                return False
-            answers = os.read(fd, 4096)
+            came = bool(self._poller.poll(timeout * 1000))
+            answers = os.read(self._process.stdout.fileno(), 4096) if came else None
         except OSError as exc:
             self._give_up(f"signature process gone: {exc}")
             return False
-        if not answers:
+        if answers == b"":
             self._give_up(f"signature process gone (exit status {self._process.poll()})")
             return False
-        for answer in answers:
+        for answer in answers or ():
             self._take(answer)
-        return True
+        self._send()
+        return bool(answers)
+
+    def _send(self) -> None:
+        """Send queued jobs, oldest first, while they fit (a job is < 9 KB, the pipe holds 64 KB)."""
+        while self._unsent and self._process is not None:
+            ticket = next(iter(self._unsent))
+            job = self._unsent[ticket]
+            count = len(job) // _RECORD
+            if self._in_flight + count > MAX_IN_FLIGHT:
+                return
+            del self._unsent[ticket]
+            try:
+                os.write(self._process.stdin.fileno(), len(job).to_bytes(4, "little") + job)
+            except OSError as exc:
+                self._give_up(f"signature process gone: {exc}")
+                return
+            self._sent.append((ticket, count))
+            self._owed.add(ticket)
+            self._in_flight += count
 
     def _take(self, answer: int) -> None:
         if answer == _READY:
