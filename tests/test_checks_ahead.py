@@ -242,3 +242,21 @@ def test_blocks_of_more_checks_than_the_pipes_hold_are_shared_with_the_caller(pr
     assert [process.passed(t, c) for t, c in zip(tickets, blocks)] == [True, False, True, True]
     # Some jobs came back from the process, the others this thread took before they were sent.
     assert 0 < process.verified_by_process < sum(len(t) for t in tickets)
+
+
+def test_the_process_runs_this_zcoin_not_one_in_the_working_directory(tmp_path, monkeypatch):
+    impostor = tmp_path / "zcoin"
+    impostor.mkdir()
+    (impostor / "__init__.py").write_text("")
+    (impostor / "sigchecks.py").write_text("import os\nos.write(1, b'R')\nwhile os.read(0, 65536):\n    os.write(1, b'\\x00')\n")
+    monkeypatch.chdir(tmp_path)
+    process = SignatureCheckProcess(answer_timeout=5.0)
+    try:
+        assert process.start(wait=True)
+        jobs = _random_jobs(6, 4)
+        tickets = [process.submit(checks) for checks in jobs]
+        assert [process.passed(t, c) for t, c in zip(tickets, jobs)] == \
+               [first_invalid_signature(checks) is None for checks in jobs]
+        assert process.verified_by_process == sum(all(len(c.signature) == 64 for c in checks) for checks in jobs)
+    finally:
+        process.close()

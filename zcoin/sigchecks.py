@@ -169,7 +169,8 @@ class SignatureCheckProcess:
         package_root = str(Path(__file__).resolve().parent.parent)  # where this zcoin is, installed or not
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
         try:
-            self._process = subprocess.Popen([sys.executable, "-m", "zcoin.sigchecks"], stdin=subprocess.PIPE,
+            # -P: not the working directory first on its path (a zcoin there would be imported, not this one).
+            self._process = subprocess.Popen([sys.executable, "-P", "-m", "zcoin.sigchecks"], stdin=subprocess.PIPE,
                                              stdout=subprocess.PIPE, env=env)
         except OSError as exc:
             self._give_up(f"cannot start the signature process: {exc}")
