@@ -107,7 +107,7 @@ def bench_replay(params: ChainParams, blocks: list[Block], synchronous: str, bat
         store = ChainStore(Path(directory) / "chain.sqlite", params, synchronous=synchronous)
         chain = Chain(store, params)
         process_start = time.perf_counter()
-        if batched and not chain.checks_ahead.start(wait=True):
+        if batched and not chain.ahead.process.start(wait=True):
             raise RuntimeError("the chain's signature process did not start")
         process_start = time.perf_counter() - process_start
         start = time.perf_counter()

@@ -81,13 +81,13 @@ def _run(tmp_path, name: str, builder: Builder, reply: list[Block], *, ahead: bo
     try:
         chain.add_block(builder.blocks[1], NOW)
         if ahead:
-            chain.ahead_min_signatures = 1
+            chain.ahead.min_signatures = 1
             if prepare is not None:
-                prepare(chain.checks_ahead)
+                prepare(chain.ahead.process)
         else:
-            chain.ahead_min_signatures = 10**9
+            chain.ahead.min_signatures = 10**9
         outcomes = _add_reply(chain, reply)
-        return outcomes, chain.tip.hash, store.utxo_snapshot(), chain.checks_ahead
+        return outcomes, chain.tip.hash, store.utxo_snapshot(), chain.ahead.process
     finally:
         store.close()
 
@@ -219,16 +219,16 @@ def test_the_process_starts_on_a_large_reply_only_and_stops_with_the_store(tmp_p
     store, chain = open_chain(tmp_path / "chain.sqlite")
     try:
         chain.add_block(builder.blocks[1], NOW)
-        chain.ahead_min_signatures = 49
+        chain.ahead.min_signatures = 49
         assert [o[0] for o in _add_reply(chain, reply[:3])] == ["connected"] * 3  # 48 signatures
-        assert not chain.checks_ahead.running
-        chain.ahead_min_signatures = 48
+        assert not chain.ahead.process.running
+        chain.ahead.min_signatures = 48
         assert [o[0] for o in _add_reply(chain, reply[3:])] == ["connected"] * 3
-        assert chain.checks_ahead.running
-        pid = chain.checks_ahead.pid
+        assert chain.ahead.process.running
+        pid = chain.ahead.process.pid
     finally:
         store.close()
-    assert not chain.checks_ahead.running
+    assert not chain.ahead.process.running
     with pytest.raises(ProcessLookupError):  # gone and reaped
         os.kill(pid, 0)
 

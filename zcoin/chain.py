@@ -26,8 +26,8 @@ A block's signatures are verified on the calling thread and one worker thread
 (:class:`~zcoin.sigchecks.SignatureCheckQueue`, as Core's ``CCheckQueue``).  A
 sync reply's blocks are checked ahead (:meth:`Chain.batch`): their other rules
 first, while a process of the chain's own verifies their signatures
-(:class:`~zcoin.sigchecks.SignatureCheckProcess`).  Both stop when the chain's
-store is closed.
+(:class:`~zcoin.sigchecks.ChecksAhead`).  Both stop when the chain's store is
+closed.
 """
 
 from __future__ import annotations
@@ -46,9 +46,6 @@ from zcoin.consensus.pow import block_work, check_pow
 from zcoin.consensus.primitives import Block, BlockHeader
 from zcoin.consensus.validation import (
     HeaderContext,
-    SignatureCheck,
-    UtxoDiff,
-    UtxoOverlay,
     check_block,
     check_header_context,
     connect_block,
@@ -57,7 +54,7 @@ from zcoin.consensus.validation import (
     reorg_path,
     retarget_window_start,
 )
-from zcoin.sigchecks import AHEAD_MIN_SIGNATURES, SignatureCheckProcess, SignatureCheckQueue
+from zcoin.sigchecks import ChecksAhead, SignatureCheckQueue
 from zcoin.storage import HAVE_DATA, HEADER_ONLY, INVALID, ChainStore
 
 MAX_ORPHAN_BLOCKS = 256
@@ -193,16 +190,6 @@ class OrphanPool:
         return missing
 
 
-@dataclass(frozen=True, slots=True)
-class _CheckedAhead:
-    """A block whose rules passed before it was added (:meth:`Chain.batch`), its signatures being verified."""
-
-    block: Block
-    diff: UtxoDiff
-    checks: list[SignatureCheck]
-    tickets: list[int]
-
-
 class Chain:
     """A node's view of the block tree and its active chain (see the module docstring)."""
 
@@ -211,11 +198,9 @@ class Chain:
         self.params = params
         self.orphans = orphans if orphans is not None else OrphanPool()  # an empty pool is falsy
         self.signature_checks = SignatureCheckQueue()
-        self.checks_ahead = SignatureCheckProcess()
-        self.ahead_min_signatures = AHEAD_MIN_SIGNATURES
-        self._ahead: dict[bytes, _CheckedAhead] = {}
+        self.ahead = ChecksAhead(params)
         store.call_on_close(self.signature_checks.close)  # whoever closes the store stops the workers
-        store.call_on_close(self.checks_ahead.close)
+        store.call_on_close(self.ahead.close)
         self._load()
 
     def _load(self) -> None:
@@ -406,56 +391,25 @@ class Chain:
         rest of storing an empty block).  A crash loses the batch, fetched again after the
         restart, never part of one; a failed write rolls it all back and the index is reloaded.
 
-        ``blocks``, those the body will add (in order), are checked ahead: see :meth:`_check_ahead`.
+        ``blocks``, those the body will add (in order), are checked ahead: the run of them that
+        extends the tip has every rule but the signatures checked at once, and its signatures are
+        verified on the other core while the body stores the blocks (:class:`~zcoin.sigchecks.ChecksAhead`).
         """
         try:
             with self.store.transaction():
-                self._check_ahead(blocks)
+                tip = self.tip
+                self.ahead.check(blocks, tip.hash, tip.height, self.store, self._is_new)
                 yield
         except Exception:
             self._load()  # what memory holds of the batch, the store has just rolled back
             raise
         finally:
-            self._ahead.clear()
-            self.checks_ahead.forget()
+            self.ahead.forget()
 
-    def _check_ahead(self, blocks: Sequence[Block]) -> None:
-        """Check the rules of the run of ``blocks`` that extends the tip, and send their signatures to
-        the chain's signature process, before they are added one by one.
-
-        The signatures are then verified on the other core while this thread stores the blocks.
-        The UTXO set at a block's parent is the same whenever the block connects, so what
-        ``connect_block`` found here holds then; :meth:`_activate_best_chain` takes it once the
-        block's signatures passed, and judges the block from scratch otherwise (reporting
-        its first bad signature as ever).  The run ends at the first block that is known,
-        does not follow the one before, or breaks a rule (judged again when it is added).
-        """
-        if sum(len(tx.inputs) for block in blocks for tx in block.txs[1:]) < self.ahead_min_signatures \
-                or not self.checks_ahead.start():
-            return
-        view = UtxoOverlay(self.store)
-        tip = self.tip
-        prev_hash, height = tip.hash, tip.height
-        for block in blocks:
-            entry = self.index.get(block.hash)
-            if block.header.prev_hash != prev_hash or entry is not None and entry.status != HEADER_ONLY:
-                break
-            checks: list[SignatureCheck] = []
-            try:
-                check_block(block, self.params)
-                diff = connect_block(block, height + 1, view, self.params, checks.extend)  # nothing verified
-            except E.ValidationError:
-                break
-            self._ahead[block.hash] = _CheckedAhead(block, diff, checks, self.checks_ahead.submit(checks))
-            view.apply(diff)
-            prev_hash, height = block.hash, height + 1
-
-    def _diff_checked_ahead(self, block: Block) -> UtxoDiff | None:
-        """What ``connect_block`` says of ``block`` if it was checked ahead and its signatures passed."""
-        ahead = self._ahead.pop(block.hash, None)
-        if ahead is None or ahead.block is not block or not self.checks_ahead.passed(ahead.tickets, ahead.checks):
-            return None
-        return ahead.diff
+    def _is_new(self, block_hash: bytes) -> bool:
+        """True if the block is not in the index, or only its header is."""
+        entry = self.index.get(block_hash)
+        return entry is None or entry.status == HEADER_ONLY
 
     def add_block(self, block: Block, now: int) -> ChainUpdate:
         """Take a block from anywhere: check it, store it, follow the best chain, connect waiting orphans.
@@ -507,8 +461,7 @@ class Chain:
             raise BlockInvalidAncestor("block is known to be invalid", block=block.hash_hex)
         if entry is not None and entry.status == HAVE_DATA or block_hash in self.orphans:
             return ChainUpdate(known=True)
-        ahead = self._ahead.get(block_hash)
-        if ahead is None or ahead.block is not block:  # else it passed just now
+        if not self.ahead.passed_check_block(block):
             check_block(block, self.params)
         parent = self.index.get(block.header.prev_hash)
         if parent is None:
@@ -582,7 +535,7 @@ class Chain:
                 block = just_received if just_received is not None and just_received.hash == entry.hash \
                     else self.store.get_block(entry.hash)
                 try:
-                    diff = self._diff_checked_ahead(block)
+                    diff = self.ahead.diff(block)  # if its rules were checked ahead and its signatures passed
                     if diff is None:
                         diff = connect_block(block, entry.height, self.store, self.params, self.signature_checks)
                 except E.InvalidBlock as exc:

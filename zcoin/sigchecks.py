@@ -7,9 +7,9 @@ interpreter: two ways to spend the second core on them.
   miner): the block's checks split between the calling thread and a worker thread.
   coincurve releases the GIL while it verifies, so both threads verify at once; the
   caller waits for the worker's half, which frees the GIL for it.
-- :class:`SignatureCheckProcess`, for a sync reply of many blocks: the chain manager
-  checks every other rule of the blocks first and sends their signatures to a process of
-  its own, then stores the blocks one by one while the process verifies.  A thread would
+- :class:`SignatureCheckProcess`, for a sync reply of many blocks (:class:`ChecksAhead`):
+  the chain manager checks every other rule of the blocks first and sends their signatures
+  to a process of its own, then stores the blocks one by one while the process verifies.  A thread would
   not do here: while the chain manager runs Python, a thread waiting for the GIL gets it
   only every switch interval (5 ms), so it would verify a few signatures a second.
 
@@ -28,14 +28,25 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from loguru import logger
 
+from zcoin.consensus import errors as E
 from zcoin.consensus.crypto import schnorr_verify
-from zcoin.consensus.primitives import SIGNATURE_BYTES
-from zcoin.consensus.validation import SignatureCheck, first_invalid_signature
+from zcoin.consensus.params import ChainParams
+from zcoin.consensus.primitives import SIGNATURE_BYTES, Block
+from zcoin.consensus.validation import (
+    SignatureCheck,
+    UtxoDiff,
+    UtxoOverlay,
+    UtxoView,
+    check_block,
+    connect_block,
+    first_invalid_signature,
+)
 
 # A verify costs some 60 us, a hand-off to the worker and back some 20 us.  Measured on 2 cores with
 # the second one idle, splitting gains x1.5 at 2 signatures, x1.3 at 3, x1.6 at 4, x1.85 at 8; with
@@ -301,6 +312,81 @@ class SignatureCheckProcess:
         logger.warning("signatures checked on the chain's thread only from now", reason=why)
         self._failed = True
         self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _CheckedAhead:
+    """A block whose other rules passed before it was added, its signatures being verified."""
+
+    block: Block
+    diff: UtxoDiff
+    checks: list[SignatureCheck]
+    tickets: list[int]
+
+
+class ChecksAhead:
+    """A sync reply's blocks checked before the chain adds them, their signatures on the other core.
+
+    :meth:`check` runs ``check_block`` and ``connect_block`` over the run of blocks that
+    extends the tip, one after the other over a :class:`UtxoOverlay` of the store, and
+    submits each block's signatures to the :class:`SignatureCheckProcess`.  The chain then
+    adds the blocks one by one: :meth:`passed_check_block` spares it ``check_block`` again,
+    and :meth:`diff` gives it what ``connect_block`` found once the block's signatures
+    passed.  That diff holds whenever the block connects, since the UTXO set at a block's
+    parent is always the same; a block whose signatures did not all pass gets None, and the
+    chain judges it from scratch (naming its first bad signature, as ever).  The run ends
+    at the first block that is known, does not follow the one before, or breaks a rule
+    (judged again when it is added).  A reply with fewer than ``min_signatures`` is left alone.
+    """
+
+    def __init__(self, params: ChainParams, min_signatures: int = AHEAD_MIN_SIGNATURES) -> None:
+        self.params = params
+        self.min_signatures = min_signatures
+        self.process = SignatureCheckProcess()
+        self._blocks: dict[bytes, _CheckedAhead] = {}
+
+    def check(self, blocks: Sequence[Block], tip_hash: bytes, tip_height: int, view: UtxoView,
+              is_new: Callable[[bytes], bool]) -> None:
+        """Check ``blocks`` ahead: those that extend ``tip_hash`` (whose UTXO set ``view`` is) in turn,
+        while ``is_new`` says the chain has not got them."""
+        if sum(len(tx.inputs) for block in blocks for tx in block.txs[1:]) < self.min_signatures \
+                or not self.process.start():
+            return
+        view = UtxoOverlay(view)
+        prev_hash, height = tip_hash, tip_height
+        for block in blocks:
+            if block.header.prev_hash != prev_hash or not is_new(block.hash):
+                break
+            checks: list[SignatureCheck] = []
+            try:
+                check_block(block, self.params)
+                diff = connect_block(block, height + 1, view, self.params, checks.extend)  # kept, not verified
+            except E.ValidationError:
+                break
+            self._blocks[block.hash] = _CheckedAhead(block, diff, checks, self.process.submit(checks))
+            view.apply(diff)
+            prev_hash, height = block.hash, height + 1
+
+    def passed_check_block(self, block: Block) -> bool:
+        """True if ``block`` (this very object) passed ``check_block`` in :meth:`check`."""
+        ahead = self._blocks.get(block.hash)
+        return ahead is not None and ahead.block is block
+
+    def diff(self, block: Block) -> UtxoDiff | None:
+        """What ``connect_block`` says of ``block`` if it was checked ahead and its signatures passed."""
+        ahead = self._blocks.pop(block.hash, None)
+        if ahead is None or ahead.block is not block or not self.process.passed(ahead.tickets, ahead.checks):
+            return None
+        return ahead.diff
+
+    def forget(self) -> None:
+        """Drop what was checked ahead and not taken (at the end of a reply)."""
+        self._blocks.clear()
+        self.process.forget()
+
+    def close(self) -> None:
+        self._blocks.clear()
+        self.process.close()
 
 
 _READY, _VALID, _INVALID = b"R"[0], 1, 0
