@@ -14,11 +14,10 @@ import signal
 import pytest
 
 from support.chain import NOW, Builder, open_chain
-from support.payments import dev_key, premine_spend
+from support.payments import dev_key, premine_spend, random_checks, with_bad_signature
 from support.payments import pay as sign_payment
 from zcoin.consensus import errors as E
-from zcoin.consensus.crypto import schnorr_pubkey, schnorr_sign
-from zcoin.consensus.primitives import Block, OutPoint, Transaction, TxIn
+from zcoin.consensus.primitives import Block, OutPoint, Transaction
 from zcoin.consensus.validation import SignatureCheck, first_invalid_signature
 from zcoin.sigchecks import SignatureCheckProcess
 
@@ -36,13 +35,6 @@ def _respend(funding: list[Transaction]) -> list[Transaction]:
     return txs
 
 
-def _with_bad_signature(tx: Transaction, index: int) -> Transaction:
-    inputs = list(tx.inputs)
-    signature = inputs[index].signature
-    inputs[index] = TxIn(inputs[index].prev, signature[:-1] + bytes([signature[-1] ^ 1]))
-    return Transaction(tx.version, tuple(inputs), tx.outputs)
-
-
 def _reply(bad: tuple[int, int, int] | None = None, blocks: int = 5) -> tuple[Builder, list[Block]]:
     """Block 1 funds ``ACCOUNTS`` accounts; the reply is the ``blocks`` after it, 16 signatures each.
 
@@ -56,7 +48,7 @@ def _reply(bad: tuple[int, int, int] | None = None, blocks: int = 5) -> tuple[Bu
     for position in range(blocks):
         txs = _respend(txs)
         if bad is not None and bad[0] == position:
-            txs[bad[1]] = _with_bad_signature(txs[bad[1]], bad[2])
+            txs[bad[1]] = with_bad_signature(txs[bad[1]], bad[2])
         reply.append(builder.mine(txs, unchecked=bad is not None and position >= bad[0]))
     return builder, reply
 
@@ -144,25 +136,13 @@ def test_checks_sent_while_the_process_starts_are_verified_by_the_caller(tmp_pat
     assert ahead[0][3][0] == "bad tx"
 
 
-def _random_checks(rng: random.Random, count: int, bad: set[int]) -> list[SignatureCheck]:
-    tx = premine_spend(0)
-    checks = []
-    for position in range(count):
-        key, msg32 = rng.randbytes(32), rng.randbytes(32)
-        signature = schnorr_sign(msg32, key, bytes(32))
-        if position in bad:
-            signature = rng.choice([bytes(64), signature[:32] + rng.randbytes(32), signature[:63]])
-        checks.append(SignatureCheck(msg32, schnorr_pubkey(key), signature, tx, position))
-    return checks
-
-
 def _random_jobs(seed: int, jobs: int) -> list[list[SignatureCheck]]:
     rng = random.Random(seed)
     result = []
     for _ in range(jobs):
         count = rng.randrange(1, 10)
         bad = {rng.randrange(count) for _ in range(rng.choice([0, 0, 1, 2]))}
-        result.append(_random_checks(rng, count, bad))
+        result.append(random_checks(rng, count, bad))
     return result
 
 
@@ -236,8 +216,8 @@ def test_the_process_starts_on_a_large_reply_only_and_stops_with_the_store(tmp_p
 def test_blocks_of_more_checks_than_the_pipes_hold_are_shared_with_the_caller(process):
     assert process.start(wait=True)
     rng = random.Random(8)
-    good = _random_checks(rng, 300, set())
-    blocks = [good, good[:200] + _random_checks(rng, 100, {97}), good[::-1], good[:130]]
+    good = random_checks(rng, 300, set())
+    blocks = [good, good[:200] + random_checks(rng, 100, {97}), good[::-1], good[:130]]
     tickets = [process.submit(checks) for checks in blocks]  # 1,030 checks: most wait to be sent
     assert [process.passed(t, c) for t, c in zip(tickets, blocks)] == [True, False, True, True]
     # Some jobs came back from the process, the others this thread took before they were sent.

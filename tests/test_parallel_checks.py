@@ -12,11 +12,10 @@ import threading
 import pytest
 
 from support.chain import NOW, PARAMS, Builder, open_chain
-from support.payments import dev_key, pay, premine_spend
+from support.payments import dev_key, pay, premine_spend, random_checks, with_bad_signature
 from zcoin.sigchecks import SignatureCheckQueue
 from zcoin.consensus import errors as E
-from zcoin.consensus.crypto import schnorr_pubkey, schnorr_sign
-from zcoin.consensus.primitives import Block, OutPoint, Transaction, TxIn
+from zcoin.consensus.primitives import Block, OutPoint, Transaction
 from zcoin.consensus.validation import SignatureCheck, check_block, connect_block, first_invalid_signature
 
 ACCOUNTS = 10
@@ -42,14 +41,6 @@ def _two_input_spends(funding: list[Transaction]) -> list[Transaction]:
             for account, tx in enumerate(funding)]
 
 
-def _with_bad_signature(tx: Transaction, index: int) -> Transaction:
-    """``tx`` with input ``index``'s signature damaged (one bit flipped)."""
-    inputs = list(tx.inputs)
-    signature = inputs[index].signature
-    inputs[index] = TxIn(inputs[index].prev, signature[:-1] + bytes([signature[-1] ^ 1]))
-    return Transaction(tx.version, tuple(inputs), tx.outputs)
-
-
 def _block(builder: Builder, txs: list[Transaction]) -> Block:
     block = builder.make_block(txs)
     check_block(block, PARAMS)
@@ -71,7 +62,7 @@ def test_a_bad_signature_anywhere_is_named_by_both_verifiers(funded, bad):
     builder, funding = funded
     txs = _two_input_spends(funding)
     position, index = bad
-    txs[position] = _with_bad_signature(txs[position], index)
+    txs[position] = with_bad_signature(txs[position], index)
     block = _block(builder, txs)
     queue = SignatureCheckQueue(min_parallel=1)
     try:
@@ -84,8 +75,8 @@ def test_a_bad_signature_anywhere_is_named_by_both_verifiers(funded, bad):
 def test_of_two_bad_signatures_the_first_in_block_order_is_named(funded):
     builder, funding = funded
     txs = _two_input_spends(funding)
-    txs[8] = _with_bad_signature(txs[8], 0)  # in the worker's half
-    txs[2] = _with_bad_signature(txs[2], 1)  # in the caller's half
+    txs[8] = with_bad_signature(txs[8], 0)  # in the worker's half
+    txs[2] = with_bad_signature(txs[2], 1)  # in the caller's half
     block = _block(builder, txs)
     queue = SignatureCheckQueue(min_parallel=1)
     try:
@@ -104,33 +95,21 @@ def test_random_blocks_get_the_same_outcome_from_both_verifiers(funded):
             txs = _two_input_spends(funding)[:rng.randrange(1, ACCOUNTS + 1)]
             for _ in range(rng.choice([0, 0, 1, 2])):
                 position = rng.randrange(len(txs))
-                txs[position] = _with_bad_signature(txs[position], rng.randrange(2))
+                txs[position] = with_bad_signature(txs[position], rng.randrange(2))
             block = _block(builder, txs)
             assert _outcome(block, builder, queue) == _outcome(block, builder, first_invalid_signature)
     finally:
         queue.close()
 
 
-def _random_checks(rng: random.Random, count: int, bad: set[int]) -> list[SignatureCheck]:
-    tx = premine_spend(0)
-    checks = []
-    for position in range(count):
-        key, msg32 = rng.randbytes(32), rng.randbytes(32)
-        signature = schnorr_sign(msg32, key, bytes(32))
-        if position in bad:
-            signature = bytes(64) if rng.random() < 0.5 else signature[:32] + rng.randbytes(32)
-        checks.append(SignatureCheck(msg32, schnorr_pubkey(key), signature, tx, position))
-    return checks
-
-
-def test_the_queue_returns_what_the_sequential_verifier_returns_on_random_checks():
+def test_the_queue_returns_what_the_sequential_verifier_returns_onrandom_checks():
     rng = random.Random(5)
     queue = SignatureCheckQueue(min_parallel=1)
     try:
         for _ in range(40):
             count = rng.randrange(0, 12)
             bad = {rng.randrange(count) for _ in range(rng.choice([0, 0, 1, 2, 3]))} if count else set()
-            checks = _random_checks(rng, count, bad)
+            checks = random_checks(rng, count, bad)
             assert queue(checks) == first_invalid_signature(checks) == (min(bad) if bad else None)
     finally:
         queue.close()
@@ -138,7 +117,7 @@ def test_the_queue_returns_what_the_sequential_verifier_returns_on_random_checks
 
 def test_an_error_in_the_worker_is_raised_in_the_caller_and_the_queue_goes_on():
     rng = random.Random(9)
-    checks = _random_checks(rng, 6, set())
+    checks = random_checks(rng, 6, set())
     broken = [*checks[:5], SignatureCheck(checks[5].msg32, b"short key", checks[5].signature, checks[5].tx, 5)]
     queue = SignatureCheckQueue(min_parallel=1)
     try:
@@ -159,14 +138,14 @@ def test_the_worker_starts_on_a_large_block_only_and_stops_with_the_store(funded
     assert len(_worker_threads()) == before
 
     small = SignatureCheckQueue(min_parallel=4)
-    assert small(_random_checks(random.Random(1), 3, {2})) == 2
+    assert small(random_checks(random.Random(1), 3, {2})) == 2
     assert small._worker is None
 
 
 def test_the_chain_refuses_a_block_with_a_bad_signature_and_names_it(funded, tmp_path):
     builder, funding = funded
     txs = _two_input_spends(funding)
-    txs[7] = _with_bad_signature(txs[7], 1)
+    txs[7] = with_bad_signature(txs[7], 1)
     block = _block(builder, txs)
     store, chain = open_chain(tmp_path / "chain.sqlite")
     try:

@@ -13,12 +13,14 @@ payments with the same inputs and outputs are two different transactions.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Sequence
 
 from zcoin.consensus.builders import sign_transaction
-from zcoin.consensus.crypto import schnorr_pubkey
+from zcoin.consensus.crypto import schnorr_pubkey, schnorr_sign
 from zcoin.consensus.params import REGTEST, ChainParams, dev_secret_key
-from zcoin.consensus.primitives import OutPoint, Transaction, TxOut
+from zcoin.consensus.primitives import OutPoint, Transaction, TxIn, TxOut
+from zcoin.consensus.validation import SignatureCheck
 
 FEE = 1_000  # base units: what premine_spend and spend_output leave to the miner by default
 
@@ -78,3 +80,25 @@ def spend_output(tx: Transaction, index: int, account: int, *, to: int | None = 
     total = tx.outputs[index].amount - fee
     payee = params.dev_pubkey(account if to is None else to)
     return pay([(OutPoint(tx.txid, index), dev_key(account))], _split(total, outputs), payee)
+
+
+def with_bad_signature(tx: Transaction, index: int) -> Transaction:
+    """``tx`` with input ``index``'s signature damaged (its last bit flipped)."""
+    inputs = list(tx.inputs)
+    signature = inputs[index].signature
+    inputs[index] = TxIn(inputs[index].prev, signature[:-1] + bytes([signature[-1] ^ 1]))
+    return Transaction(tx.version, tuple(inputs), tx.outputs)
+
+
+def random_checks(rng: random.Random, count: int, bad: set[int]) -> list[SignatureCheck]:
+    """``count`` signature checks of random keys and messages; those at the positions in ``bad`` fail
+    (a zero signature, a damaged one, or one a byte short)."""
+    tx = premine_spend(0)
+    checks = []
+    for position in range(count):
+        key, msg32 = rng.randbytes(32), rng.randbytes(32)
+        signature = schnorr_sign(msg32, key, bytes(32))
+        if position in bad:
+            signature = rng.choice([bytes(64), signature[:32] + rng.randbytes(32), signature[:63]])
+        checks.append(SignatureCheck(msg32, schnorr_pubkey(key), signature, tx, position))
+    return checks
