@@ -406,6 +406,7 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
 def serve(stdin: int = 0, stdout: int = 1) -> None:
     """The signature process: verify each job it reads, answer ``1`` (all valid) or ``0``; end at EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the node's to handle; this one ends with its pipe
+    sys.stdout = sys.stderr  # the answers' pipe carries answers only, whatever else may print
     os.write(stdout, bytes([_READY]))
     while (header := _read_exactly(stdin, 4)) is not None:
         job = _read_exactly(stdin, int.from_bytes(header, "little"))
