@@ -240,3 +240,18 @@ def test_the_process_runs_this_zcoin_not_one_in_the_working_directory(tmp_path, 
         assert process.verified_by_process == sum(all(len(c.signature) == 64 for c in checks) for checks in jobs)
     finally:
         process.close()
+
+
+def test_group_signals_leave_the_process_to_its_node_which_ends_it_by_closing_the_pipe(process):
+    assert process.start(wait=True)
+    pid = process.pid
+    for signum in (signal.SIGINT, signal.SIGTERM):  # what Ctrl-C and honcho send the whole group
+        os.kill(pid, signum)
+    jobs = _random_jobs(7, 3)
+    tickets = [process.submit(checks) for checks in jobs]
+    assert [process.passed(t, c) for t, c in zip(tickets, jobs)] == \
+           [first_invalid_signature(checks) is None for checks in jobs]
+    assert process.running and process.verified_by_process > 0
+    process.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

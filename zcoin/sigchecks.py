@@ -405,7 +405,10 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
 
 def serve(stdin: int = 0, stdout: int = 1) -> None:
     """The signature process: verify each job it reads, answer ``1`` (all valid) or ``0``; end at EOF."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the node's to handle; this one ends with its pipe
+    # Ctrl-C (SIGINT) and process managers such as honcho (SIGTERM) signal the whole process group: the
+    # node handles them and closes the pipe, which ends this process (as the mining pool's workers).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.stdout = sys.stderr  # the answers' pipe carries answers only, whatever else may print
     os.write(stdout, bytes([_READY]))
     while (header := _read_exactly(stdin, 4)) is not None:
