@@ -138,29 +138,44 @@ def test_disconnect_flushes_and_takes_the_block_out_of_the_tables(tmp_path):
     store.close()
 
 
-@pytest.mark.parametrize("version", [1, 2])
+def _blocks_table_sql(db) -> str:
+    return db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'blocks'").fetchone()[0]
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_store_of_an_older_schema_version_is_upgraded(tmp_path, version):
     """Version 1 wrote its tables with every block (they are its tip's state) and had no
-    ``flushed_tip``; versions 1 and 2 kept the tip in ``meta`` too, which 3 reads from ``active``."""
+    ``flushed_tip``; versions 1 and 2 kept the tip in ``meta`` too, which 3 reads from ``active``;
+    up to 3, ``blocks`` was a WITHOUT ROWID table, which 4 copies into a rowid table."""
     path = tmp_path / "chain.sqlite"
     builder = Builder()
     _transfers(builder, 3, 0)
     store, chain = _open(path)
     add_all(chain, builder.blocks)
     reads = _reads(store, builder.blocks[1:])
+    index = store.load_index()
     store.close()  # flushed: the tables are the tip's
     db = sqlite3.connect(path)
+    old_blocks = _blocks_table_sql(db).replace("CREATE TABLE blocks", "CREATE TABLE blocks_old") + " WITHOUT ROWID"
+    db.execute(old_blocks)
+    db.execute("INSERT INTO blocks_old SELECT * FROM blocks")
+    db.execute("DROP TABLE blocks")
+    db.execute("ALTER TABLE blocks_old RENAME TO blocks")
     db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version).encode(),))
-    db.execute("INSERT INTO meta VALUES ('tip', ?)", (builder.tip.hash,))
+    if version < 3:
+        db.execute("INSERT INTO meta VALUES ('tip', ?)", (builder.tip.hash,))
     if version == 1:
         db.execute("DELETE FROM meta WHERE key = 'flushed_tip'")
     db.commit()
+    assert "WITHOUT ROWID" in _blocks_table_sql(db)
     db.close()
 
     store, chain = _open(path)
-    assert _meta(store, "schema_version") == b"3"
+    assert _meta(store, "schema_version") == b"4"
+    assert "WITHOUT ROWID" not in _blocks_table_sql(store.db)
     assert _meta(store, "flushed_tip") == builder.tip.hash
     assert _meta(store, "tip") is None
+    assert store.load_index() == index
     assert chain.tip.hash == builder.tip.hash
     assert _reads(store, builder.blocks[1:]) == reads
     store.close()
