@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="length of the long chain started and synced (bench/long_chain.py; cached "
                              "in bench/.cache/ once built); 0 skips it")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     params = REGTEST
 
     start = time.perf_counter()

@@ -1,8 +1,11 @@
 """A sync reply checked ahead: its blocks' rules first, their signatures in the chain's signature process.
 
-Whatever the process does (answers, starts late, dies, freezes), the chain ends where adding
-the blocks one by one with every check on the calling thread ends: the same tip, the same
-UTXO set, the same block refused with the same first bad signature named.
+Whatever the process does, the chain ends where adding the blocks one by one with every check
+on the calling thread ends: the same tip, the same UTXO set, the same block refused with the
+same first bad signature named.  At the chain's level: the process answering, starting late,
+and answers dropped with one reply; on the process itself (its verdicts against the sequential
+verifier's): the process killed, frozen, signalled, answering out of turn, or shadowed by
+another ``zcoin`` package.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ def _run(tmp_path, name: str, builder: Builder, reply: list[Block], *, ahead: bo
         else:
             chain.ahead.min_signatures = 10**9
         outcomes = _add_reply(chain, reply)
-        return outcomes, chain.tip.hash, store.utxo_snapshot(), chain.ahead.process
+        return outcomes, chain.tip.hash, store.utxo_snapshot(), chain.ahead.process, chain.ahead.process.running
     finally:
         store.close()
 
@@ -104,6 +107,8 @@ def test_a_reply_checked_ahead_ends_where_adding_its_blocks_one_by_one_ends(tmp_
         assert outcomes[block] == ("bad tx", "bad-txns-signature", {"txid": reply[block].txs[tx + 1].txid_hex,
                                                                     "index": index})
         assert all(o[0] == "connected" for o in outcomes[:block])
+        # The process said "valid" for the blocks before, "not all valid" for this one; no one asked after it.
+        assert ahead[3].verified_by_process == block + 1
         # Its child is refused, and the blocks after that wait for a parent that never came in.
         assert outcomes[block + 1:] == [("invalid", "bad-prevblk"), *[("orphaned",)] * 3][:len(reply) - block - 1]
         assert ahead[1] == (reply[block - 1].hash if block else builder.blocks[1].hash)
@@ -128,12 +133,37 @@ def test_a_block_breaking_another_rule_ends_the_run_checked_ahead_and_is_judged_
     assert ahead[3].verified_by_process == 1  # the block before it; none after it was checked ahead
 
 
+def test_answers_dropped_with_one_reply_do_not_stray_into_the_next(tmp_path):
+    builder, bad_reply = _reply((0, 2, 0))  # the first block fails: the other four are answered for nothing
+    good = builder.fork(1, b"good")
+    txs = list(builder.blocks[1].txs[1:])
+    good_reply = []
+    for _ in range(5):
+        txs = _respend(txs)
+        good_reply.append(good.mine(txs))
+    store, chain = open_chain(tmp_path / "chain.sqlite")
+    try:
+        chain.add_block(builder.blocks[1], NOW)
+        chain.ahead.min_signatures = 1
+        assert chain.ahead.process.start(wait=True)
+        assert _add_reply(chain, bad_reply)[0][0] == "bad tx"
+        before = chain.ahead.process.verified_by_process
+        assert [o[0] for o in _add_reply(chain, good_reply)] == ["connected"] * len(good_reply)
+        assert chain.ahead.process.verified_by_process == before + len(good_reply)
+        assert chain.tip.hash == good_reply[-1].hash
+        assert store.utxo_snapshot() == good.coins()
+    finally:
+        store.close()
+
+
 def test_checks_sent_while_the_process_starts_are_verified_by_the_caller(tmp_path):
     builder, reply = _reply((3, 1, 1))
     ahead = _run(tmp_path, "ahead", builder, reply, ahead=True)  # not waited for: it is still starting
     alone = _run(tmp_path, "alone", builder, reply, ahead=False)
     assert ahead[:3] == alone[:3]
     assert ahead[0][3][0] == "bad tx"
+    # It was started for the reply, and it answered nothing in time (its start takes a fifth of a second).
+    assert ahead[4] and ahead[3].verified_by_process == 0
 
 
 def _random_jobs(seed: int, jobs: int) -> list[list[SignatureCheck]]:
@@ -255,3 +285,14 @@ def test_group_signals_leave_the_process_to_its_node_which_ends_it_by_closing_th
     process.close()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_an_answer_out_of_turn_gives_the_process_up_and_the_caller_verifies_alone(process):
+    assert process.start(wait=True)
+    process._take(1)  # an answer with nothing sent: the pipes' framing cannot be trusted any more
+    assert not process.running
+    jobs = _random_jobs(9, 3)
+    tickets = [process.submit(checks) for checks in jobs]
+    assert [process.passed(t, c) for t, c in zip(tickets, jobs)] == \
+           [first_invalid_signature(checks) is None for checks in jobs]
+    assert process.verified_by_process == 0 and process.start() is False

@@ -102,7 +102,7 @@ def test_random_blocks_get_the_same_outcome_from_both_verifiers(funded):
         queue.close()
 
 
-def test_the_queue_returns_what_the_sequential_verifier_returns_onrandom_checks():
+def test_the_queue_returns_what_the_sequential_verifier_returns_on_random_checks():
     rng = random.Random(5)
     queue = SignatureCheckQueue(min_parallel=1)
     try:

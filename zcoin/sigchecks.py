@@ -20,6 +20,7 @@ only "all valid", and the chain manager checks a block it does not say so of aga
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import queue
@@ -57,10 +58,12 @@ PARALLEL_MIN_SIGNATURES = 4
 # The process costs a fifth of a second of the other core to start (once) and 2-3 us per signature
 # to send; a reply with fewer signatures than this is checked block by block, as single blocks are.
 AHEAD_MIN_SIGNATURES = 64
-# Signatures sent and not yet answered: 128 bytes each, so at most 32 KB waits in the pipe (a Linux
-# pipe holds 64 KB) and a send never blocks; the rest wait to be sent, in jobs of at most 64.
+# Signatures sent and not yet answered: 128 bytes each, so at most 32 KB waits in the pipe, and never
+# more than half of what the pipe holds (64 KB on Linux unless the system is short of pipe memory; it
+# is asked at the start), so a send never blocks.  The rest wait to be sent, in jobs of at most 64.
 MAX_IN_FLIGHT = 256
 JOB_CHECKS = 64
+ASSUMED_PIPE_BYTES = 16 * 1024  # where the pipe's size cannot be asked (macOS starts at 16 KB)
 _RECORD = 32 + 32 + SIGNATURE_BYTES  # message, key, signature
 # The caller waits this long for an answer the process owes before it gives up on the process
 # (stopped, swapped out, wedged) and verifies alone from then on.
@@ -128,18 +131,20 @@ class SignatureCheckProcess:
 
     :meth:`submit` hands over one block's checks and returns at once; :meth:`passed`
     later says whether they are all valid.  The checks travel in jobs of at most
-    ``JOB_CHECKS``, answered in order, and at most ``MAX_IN_FLIGHT`` checks are in the
-    pipes at a time (the rest wait in this object and go as answers come back).  It never
-    makes the caller slower than verifying alone: :meth:`passed` verifies itself the
-    jobs of its block not sent yet, and those sent while the process was still starting
-    (the process answers them anyway; the answers are dropped).  A process that dies, or
-    owes an answer for ``answer_timeout`` seconds, is given up for good: the caller
-    verifies alone from then on.  Started by :meth:`start`, stopped by :meth:`close`.
+    ``JOB_CHECKS``, answered in order, and at most ``MAX_IN_FLIGHT`` checks (and half the
+    pipe) are in the pipes at a time; the rest wait in this object and go as answers come
+    back.  :meth:`passed` verifies itself the jobs of its block not sent yet, and those
+    sent while the process was still starting (the process answers them anyway; the
+    answers are dropped); for the others it waits.  A process that dies, answers out of
+    turn, takes a short write, or owes an answer for ``answer_timeout`` seconds, is given
+    up for good: the caller verifies alone from then on.  Started by :meth:`start`,
+    stopped by :meth:`close`.
 
-    The process is ``python -m zcoin.sigchecks`` (not ``multiprocessing``, whose spawned
-    child first imports the parent's main script: a script without a ``__main__`` guard
-    would run again in it).  Its pipes carry a job as a 4-byte length and 128-byte records,
-    and an answer as one byte.
+    The process is a Python of its own running :func:`serve` (not ``multiprocessing``,
+    whose spawned child first imports the parent's main script: a script without a
+    ``__main__`` guard would run again in it), with this very ``zcoin`` package loaded from
+    its directory.  Its pipes carry a job as a 4-byte length and 128-byte records, and an
+    answer as one byte.
     """
 
     def __init__(self, answer_timeout: float = ANSWER_TIMEOUT_S) -> None:
@@ -153,6 +158,7 @@ class SignatureCheckProcess:
         self._sent: deque[tuple[int, int]] = deque()  # (ticket, checks) answers owed, oldest first
         self._owed: set[int] = set()  # their tickets
         self._in_flight = 0
+        self._max_in_flight = MAX_IN_FLIGHT
         self._answers: dict[int, bool] = {}
         self._dropped: set[int] = set()  # sent, then verified by the caller: the answer is dropped
         self.verified_by_process = 0  # jobs whose answer the caller took
@@ -178,15 +184,19 @@ class SignatureCheckProcess:
         return self._process is not None
 
     def _spawn(self) -> None:
-        package_root = str(Path(__file__).resolve().parent.parent)  # where this zcoin is, installed or not
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+        package = str(Path(__file__).resolve().parent)  # this zcoin, installed or not
         try:
-            # -P: not the working directory first on its path (a zcoin there would be imported, not this one).
-            self._process = subprocess.Popen([sys.executable, "-P", "-m", "zcoin.sigchecks"], stdin=subprocess.PIPE,
-                                             stdout=subprocess.PIPE, env=env)
+            # -P: nothing of the working directory on its path; the rest of its path is the usual one.
+            self._process = subprocess.Popen([sys.executable, "-P", "-c", _CHILD, package],
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         except OSError as exc:
             self._give_up(f"cannot start the signature process: {exc}")
             return
+        try:
+            pipe_bytes = fcntl.fcntl(self._process.stdin.fileno(), fcntl.F_GETPIPE_SZ)
+        except (AttributeError, OSError):  # not Linux
+            pipe_bytes = ASSUMED_PIPE_BYTES
+        self._max_in_flight = min(MAX_IN_FLIGHT, pipe_bytes // 2 // (_RECORD + 4))
         self._poller = select.poll()
         self._poller.register(self._process.stdout.fileno(), select.POLLIN)
 
@@ -275,23 +285,29 @@ class SignatureCheckProcess:
             self._give_up(f"signature process gone (exit status {self._process.poll()})")
             return False
         for answer in answers or ():
+            if self._process is None:  # given up on an answer out of turn
+                return False
             self._take(answer)
         self._send()
         return bool(answers)
 
     def _send(self) -> None:
-        """Send queued jobs, oldest first, while they fit (a job is < 9 KB, the pipe holds 64 KB)."""
+        """Send queued jobs, oldest first, while they fit (within half the pipe: a write never blocks)."""
         while self._unsent and self._process is not None:
             ticket = next(iter(self._unsent))
             job = self._unsent[ticket]
             count = len(job) // _RECORD
-            if self._in_flight + count > MAX_IN_FLIGHT:
+            if self._in_flight + count > self._max_in_flight:
                 return
             del self._unsent[ticket]
+            framed = len(job).to_bytes(4, "little") + job
             try:
-                os.write(self._process.stdin.fileno(), len(job).to_bytes(4, "little") + job)
+                written = os.write(self._process.stdin.fileno(), framed)
             except OSError as exc:
                 self._give_up(f"signature process gone: {exc}")
+                return
+            if written != len(framed):  # the jobs' framing would be lost
+                self._give_up(f"short write to the signature process ({written} of {len(framed)} bytes)")
                 return
             self._sent.append((ticket, count))
             self._owed.add(ticket)
@@ -300,6 +316,9 @@ class SignatureCheckProcess:
     def _take(self, answer: int) -> None:
         if answer == _READY:
             self._ready = True
+            return
+        if not self._sent or answer not in (_VALID, _INVALID):
+            self._give_up(f"an answer out of turn from the signature process ({answer})")
             return
         ticket, count = self._sent.popleft()
         self._owed.discard(ticket)
@@ -392,6 +411,18 @@ class ChecksAhead:
 
 _READY, _VALID, _INVALID = b"R"[0], 1, 0
 
+# The process's program: this zcoin package loaded from its directory (given as the argument), so
+# that neither the working directory nor another installed zcoin can stand in for it.
+_CHILD = """\
+import importlib.util, sys
+package = sys.argv[1]
+spec = importlib.util.spec_from_file_location("zcoin", package + "/__init__.py", submodule_search_locations=[package])
+sys.modules["zcoin"] = zcoin = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(zcoin)
+from zcoin.sigchecks import serve
+serve()
+"""
+
 
 def _read_exactly(fd: int, size: int) -> bytes | None:
     data = b""
@@ -416,7 +447,7 @@ def serve(stdin: int = 0, stdout: int = 1) -> None:
         if job is None:
             return
         try:
-            valid = len(job) % _RECORD == 0 and all(
+            valid = len(job) > 0 and len(job) % _RECORD == 0 and all(
                 schnorr_verify(job[at:at + 32], job[at + 32:at + 64], job[at + 64:at + _RECORD])
                 for at in range(0, len(job), _RECORD))
         except ValueError:

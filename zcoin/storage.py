@@ -358,12 +358,18 @@ class ChainStore:
                 if int(version) == 1:  # its tables were written with every block: they are the tip's
                     self.db.execute("INSERT OR REPLACE INTO meta VALUES ('flushed_tip', ?)", (self._meta("tip"),))
                 self.db.execute("DELETE FROM meta WHERE key = 'tip'")
-                # The blocks into a rowid table, oldest first (a few seconds for 100k blocks, once).
-                self.db.execute(f"CREATE TABLE blocks_v4 {_BLOCKS}")
-                self.db.execute("INSERT INTO blocks_v4 SELECT hash, prev_hash, height, chain_work, status, header, "
-                                "body, undo FROM blocks ORDER BY height")
-                self.db.execute("DROP TABLE blocks")
-                self.db.execute("ALTER TABLE blocks_v4 RENAME TO blocks")
+                # The blocks into a rowid table: a few seconds for 100k blocks, once, and free space about
+                # the blocks' size (no ORDER BY: it would sort the bodies through temporary files too).
+                try:
+                    self.db.execute(f"CREATE TABLE blocks_v4 {_BLOCKS}")
+                    self.db.execute("INSERT INTO blocks_v4 SELECT hash, prev_hash, height, chain_work, status, "
+                                    "header, body, undo FROM blocks")
+                    self.db.execute("DROP TABLE blocks")
+                    self.db.execute("ALTER TABLE blocks_v4 RENAME TO blocks")
+                except sqlite3.Error as exc:
+                    raise StoreError(f"{self.path}: upgrading the store to schema {SCHEMA_VERSION} failed ({exc}); "
+                                     "it needs free disk space about the size of the store, and is left as it "
+                                     "was") from None
                 self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                                 (str(SCHEMA_VERSION).encode(),))
         if self._meta("address_index") is None:
