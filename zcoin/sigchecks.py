@@ -244,8 +244,8 @@ class SignatureCheckProcess:
         self._answers.clear()
         self._dropped.update(self._owed)
 
-    def close(self) -> None:
-        """Stop the process (it goes when its pipe closes) and wait for it."""
+    def close(self, *, kill: bool = False) -> None:
+        """Stop the process (it goes when its pipe closes; ``kill``: at once) and wait for it."""
         process, self._process, self._poller = self._process, None, None
         self._ready = False
         self._unsent.clear()
@@ -260,6 +260,8 @@ class SignatureCheckProcess:
                     pipe.close()
                 except OSError:
                     pass
+            if kill:
+                process.kill()
             try:
                 process.wait(timeout=2.0)
             except subprocess.TimeoutExpired:
@@ -331,7 +333,7 @@ class SignatureCheckProcess:
     def _give_up(self, why: str) -> None:
         logger.warning("signatures checked on the chain's thread only from now", reason=why)
         self._failed = True
-        self.close()
+        self.close(kill=True)  # it may be wedged: the chain's thread does not wait for it
 
 
 @dataclass(frozen=True, slots=True)
