@@ -459,6 +459,3 @@ def serve(stdin: int = 0, stdout: int = 1) -> None:
         except OSError:  # the node is gone
             return
 
-
-if __name__ == "__main__":
-    serve()
