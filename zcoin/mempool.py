@@ -21,7 +21,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
 
@@ -360,37 +360,24 @@ class Mempool:
     def _select(self, order: list[MempoolEntry], max_bytes: int,
                 partial: bool) -> tuple[list[Transaction], int] | None:
         """The selection over ``order``; None if ``order`` is only the best ``partial`` part and ran out."""
-        chosen: list[Transaction] = []
-        chosen_ids: set[bytes] = set()
-        fees = 0
-        room = max_bytes
-        ready: list = []  # heap of (sort_key, txid): children whose parents are all chosen
         entries = self.entries
         min_size = self._min_size
-        position, end = 0, len(order)
+        chosen: list[Transaction] = []
+        chosen_ids: set[bytes] = set()  # those chosen with parents or children: what the checks below need
+        fees = 0
+        room = max_bytes
+        ready: list[tuple[float, int, bytes]] = []  # heap: children whose parents are all chosen, best first
         failures = 0
-
-        while room >= min_size:
-            upcoming = None
-            while position < end:
-                candidate = order[position]
-                txid = candidate.txid
-                if entries.get(txid) is candidate and txid not in chosen_ids:
-                    upcoming = candidate
-                    break
-                position += 1
-            if upcoming is None and partial:
-                return None  # the rest of the pool could come next: take the full order
-            if ready and (upcoming is None or ready[0][0] < upcoming.sort_key):
-                entry = entries[heapq.heappop(ready)[1]]
-            elif upcoming is not None:
-                entry = upcoming
-                position += 1
-            else:
-                break
-            txid = entry.txid
-            if entry.parents and (txid in chosen_ids or not entry.parents <= chosen_ids):
-                continue  # a child comes back through ``ready`` once its parents are in
+        if room < min_size:
+            return chosen, fees
+        # A large pool's entries are scattered in memory: each one read costs a cache miss or
+        # two, so a plain entry is not looked up in the pool nor its txid read.
+        for entry in _merged(order, ready, entries, drain=not partial):
+            if not partial and entries.get(entry.txid) is not entry:
+                continue  # removed since the order was kept
+            parents = entry.parents
+            if parents and (entry.txid in chosen_ids or not parents <= chosen_ids):
+                continue  # a child comes (back) through ``ready`` once its parents are in, so it may come twice
             if entry.size > room:
                 failures += 1
                 if failures > MAX_CONSECUTIVE_FAILURES and room < NEARLY_FULL_BYTES:
@@ -398,12 +385,19 @@ class Mempool:
                 continue
             failures = 0
             chosen.append(entry.tx)
-            chosen_ids.add(txid)
             fees += entry.fee
             room -= entry.size
-            for child in entry.children:
-                if entries[child].parents <= chosen_ids:
-                    heapq.heappush(ready, (entries[child].sort_key, child))
+            if parents or entry.children:
+                chosen_ids.add(entry.txid)
+                for child in entry.children:
+                    waiting = entries[child]
+                    if waiting.parents <= chosen_ids:
+                        heapq.heappush(ready, (waiting.neg_fee_rate, waiting.seq, child))
+            if room < min_size:
+                break
+        else:
+            if partial:
+                return None  # the rest of the pool could come next: take the full order
         return chosen, fees
 
     # --- queries -------------------------------------------------------------
@@ -422,3 +416,19 @@ class Mempool:
 
 
 _rate_key = attrgetter("neg_fee_rate")  # highest fee rate first (C-level: the sort of 100k entries is hot)
+
+
+def _merged(order: list[MempoolEntry], ready: list[tuple[float, int, bytes]], entries: dict[bytes, MempoolEntry],
+            drain: bool) -> Iterator[MempoolEntry]:
+    """``order``'s entries with ``ready``'s (a heap the caller pushes to meanwhile) merged in, best first.
+
+    Once ``order`` runs out, ``ready`` is drained only if ``drain``.
+    """
+    for entry in order:
+        if ready:  # the head goes first if its key, (fee rate, seq), is lower: compared without a tuple made
+            rate = entry.neg_fee_rate
+            while ready and (ready[0][0] < rate or ready[0][0] == rate and ready[0][1] < entry.seq):
+                yield entries[heapq.heappop(ready)[2]]
+        yield entry
+    while drain and ready:
+        yield entries[heapq.heappop(ready)[2]]
