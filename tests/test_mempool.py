@@ -13,7 +13,8 @@ from support.payments import dev_key, dev_outpoint, pay, premine_spend, spend_ou
 from zcoin.consensus import errors as E
 from zcoin.consensus.primitives import OutPoint, Transaction, TxIn, TxOut
 from zcoin.consensus.validation import Coin
-from zcoin.mempool import Mempool, MempoolEntry, MempoolFull, MempoolReject, TxAlreadyConfirmed, TxAlreadyKnown, TxConflict
+from zcoin.mempool import (Mempool, MempoolEntry, MempoolFull, MempoolReject, TxAlreadyConfirmed, TxAlreadyKnown,
+                           TxConflict, _band)
 
 
 class Node:
@@ -376,8 +377,24 @@ def test_template_and_eviction_order_after_any_pool_changes_equal_a_fresh_choice
             chosen, fees = pool.select_for_block(arg)
             assert [tx.txid for tx in chosen] == _greedy_template(pool, arg)
             assert fees == sum(pool.entries[tx.txid].fee for tx in chosen)
+        _assert_bands_hold_the_pool(pool)
     chosen, _ = pool.select_for_block(PARAMS.max_block_bytes)
     assert [tx.txid for tx in chosen] == _greedy_template(pool, PARAMS.max_block_bytes)
+
+
+def _assert_bands_hold_the_pool(pool: Mempool) -> None:
+    """The fee-rate bands a template reads hold every entry once, each band in arrival order, with its bytes."""
+    expected: dict[int, list[MempoolEntry]] = {}
+    for entry in pool.entries.values():
+        expected.setdefault(entry.band, []).append(entry)
+    assert {band: list(entries.values()) for band, entries in pool._bands.items()} == expected
+    assert pool._band_bytes == {band: sum(e.size for e in entries) for band, entries in expected.items()}
+
+
+@given(st.floats(0, 1e9, allow_nan=False), st.floats(0, 1e9, allow_nan=False))
+def test_a_higher_fee_rate_is_never_in_a_worse_band(rate, other):
+    low, high = sorted((rate, other))
+    assert _band(-high) <= _band(-low)
 
 
 # --- the best part of a large pool: the same template as the full order ----------------------
@@ -405,7 +422,8 @@ def test_a_template_from_the_best_part_of_a_large_pool_equals_the_one_from_the_f
     """With children outbidding every parent, the best part is mostly children waiting for parents outside it:
     it runs out and the full order (then kept) decides.  Either way the template is the full order's."""
     pool = _large_pool(4000, seed=3, children=children, child_fee_boost=boost)
-    for max_bytes in (2_000, 20_000, 60_000):
+    rng = random.Random(4)
+    for max_bytes in (60_000, 2_000, 20_000, 2_000):
         pool._order = None
         best = pool._best_part(max_bytes)
         assert best is not None and len(best) < len(pool)  # the large-pool path is the one tested
@@ -413,3 +431,9 @@ def test_a_template_from_the_best_part_of_a_large_pool_equals_the_one_from_the_f
         full = pool._select(sorted(pool.entries.values(), key=lambda e: e.sort_key), max_bytes, partial=False)
         assert (chosen, fees) == full and chosen
         assert (pool._order is not None) == runs_out
+        # A block takes the template, some others leave with their descendants: the bands follow.
+        for tx in chosen:
+            pool.remove(tx.txid, with_descendants=False)
+        for txid in rng.sample(sorted(pool.entries), 200):
+            pool.remove(txid)
+        _assert_bands_hold_the_pool(pool)

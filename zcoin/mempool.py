@@ -21,6 +21,8 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import math
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -35,8 +37,9 @@ MIN_RELAY_FEE_PER_BYTE = 0  # a local network lets free transactions through
 # Bitcoin's miner gives up filling a block after this many transactions in a row did
 # not fit while it was this close to full (it would otherwise scan the whole pool).
 MAX_CONSECUTIVE_FAILURES = 1000
-BEST_PART_SAMPLE = 2048  # pool entries sampled to estimate the fee rate a template reaches down to
-BEST_PART_MARGIN = 1000  # entries sorted beyond the estimate (children waiting for parents, a skewed sample)
+BANDS_PER_DOUBLING = 16  # fee-rate bands (a template sorts the best whole bands): 4.4% of the rate wide
+ZERO_FEE_BAND = sys.maxsize  # free transactions: after every band of a paying one
+BEST_PART_MARGIN = 1000  # entries' worth of bytes taken beyond two blocks (children waiting for parents)
 NEARLY_FULL_BYTES = 1000
 
 
@@ -80,10 +83,12 @@ class MempoolEntry:
     children: set[bytes] = field(default_factory=set)
     neg_fee_rate: float = field(init=False, repr=False, compare=False)  # template sort key, computed once
     txid: bytes = field(init=False, repr=False, compare=False)
+    band: int = field(init=False, repr=False, compare=False)  # of the fee rate: lower is better
 
     def __post_init__(self) -> None:
         self.neg_fee_rate = -self.fee / self.size
         self.txid = self.tx.txid
+        self.band = _band(self.neg_fee_rate)
 
     @property
     def fee_rate(self) -> float:
@@ -134,6 +139,10 @@ class Mempool:
         self._pending: list[MempoolEntry] = []
         self._stale = 0
         self._min_size = float("inf")  # smallest entry since the pool was last emptied (a lower bound)
+        # The entries by fee-rate band (each in arrival order), and each band's bytes: a template
+        # sorts only the best bands instead of reading every entry of a large pool.
+        self._bands: dict[int, dict[bytes, MempoolEntry]] = {}
+        self._band_bytes: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -195,6 +204,8 @@ class Mempool:
                 entry.parents.add(parent.tx.txid)
                 parent.children.add(txid)
         self.entries[txid] = entry  # arrival order: equal fee rates stay first come, first served
+        self._bands.setdefault(entry.band, {})[txid] = entry
+        self._band_bytes[entry.band] = self._band_bytes.get(entry.band, 0) + entry.size
         self.bytes += entry.size
         self.fees += entry.fee
         self._min_size = min(self._min_size, entry.size)
@@ -249,6 +260,12 @@ class Mempool:
             if entry is None:
                 continue
             removed.append(entry.tx)
+            band = self._bands[entry.band]
+            del band[entry.txid]
+            if band:
+                self._band_bytes[entry.band] -= entry.size
+            else:
+                del self._bands[entry.band], self._band_bytes[entry.band]
             self.bytes -= entry.size
             self.fees -= entry.fee
             for txin in entry.tx.inputs:
@@ -303,6 +320,8 @@ class Mempool:
         waiting = self.txs()
         self.entries.clear()
         self.spends.clear()
+        self._bands.clear()
+        self._band_bytes.clear()
         self.bytes = 0
         self.fees = 0
         self._order = None
@@ -333,9 +352,9 @@ class Mempool:
 
         A block takes a few thousand of a pool's transactions, so without a kept
         order (:meth:`_sorted`, which eviction also keeps) only the pool's best part
-        is sorted: the entries at or above a fee rate estimated from a sample of the
-        pool.  That part is a prefix of the full order, so the selection is the same
-        as over the full order unless it runs out, and then the full order is used.
+        is sorted: its best fee-rate bands, about two blocks' worth.  That part is a
+        prefix of the full order, so the selection is the same as over the full order
+        unless it runs out, and then the full order is used.
         """
         if self._order is None:
             best = self._best_part(max_bytes)
@@ -346,15 +365,17 @@ class Mempool:
         return self._select(self._sorted(), max_bytes, partial=False)
 
     def _best_part(self, max_bytes: int) -> list[MempoolEntry] | None:
-        """The best entries, sorted, enough for about two blocks of ``max_bytes`` (None: take the whole pool)."""
-        entries = list(self.entries.values())
-        wanted = 2 * max_bytes * len(entries) // max(1, self.bytes) + BEST_PART_MARGIN
-        if len(entries) < 2 * wanted:
+        """The best whole fee-rate bands, sorted, about two blocks of ``max_bytes`` (None: most of the pool)."""
+        wanted = 2 * max_bytes + BEST_PART_MARGIN * self.bytes // max(1, len(self.entries))
+        if 2 * wanted > self.bytes:
             return None
-        sample = sorted(map(_rate_key, entries[::max(1, len(entries) // BEST_PART_SAMPLE)]))
-        threshold = sample[min(len(sample) - 1, wanted * len(sample) // len(entries))]
-        best = [e for e in entries if e.neg_fee_rate <= threshold]  # arrival order: the sort below is stable
-        best.sort(key=_rate_key)
+        best: list[MempoolEntry] = []
+        taken = 0
+        for band in sorted(self._band_bytes):
+            best += sorted(self._bands[band].values(), key=_rate_key)  # a band is in arrival order: a stable sort
+            taken += self._band_bytes[band]
+            if taken >= wanted:
+                break
         return best
 
     def _select(self, order: list[MempoolEntry], max_bytes: int,
@@ -416,6 +437,14 @@ class Mempool:
 
 
 _rate_key = attrgetter("neg_fee_rate")  # highest fee rate first (C-level: the sort of 100k entries is hot)
+
+
+def _band(neg_fee_rate: float) -> int:
+    """The fee-rate band of ``-neg_fee_rate``: a higher rate is never in a higher band."""
+    if not neg_fee_rate:
+        return ZERO_FEE_BAND
+    mantissa, exponent = math.frexp(-neg_fee_rate)  # exactly rate = mantissa * 2**exponent, 0.5 <= mantissa < 1
+    return -(exponent * BANDS_PER_DOUBLING + int((mantissa - 0.5) * 2 * BANDS_PER_DOUBLING))
 
 
 def _merged(order: list[MempoolEntry], ready: list[tuple[float, int, bytes]], entries: dict[bytes, MempoolEntry],
