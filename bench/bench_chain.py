@@ -5,8 +5,7 @@
   then connected into a fresh SQLite store through ``Chain.add_block`` (every
   rule checked, 16 blocks to an SQL transaction as a syncing node connects a
   reply, checked ahead with their signatures verified by the chain's signature
-  process, the UTXO set and indexes in the store's cache, the cycle collector's
-  thresholds those of a node's process), the clock stopped after
+  process, the UTXO set and indexes in the store's cache), the clock stopped after
   the cache's final flush; blocks/s
   and tx/s are reported next to the raw libsecp256k1 BIP340 verify rate
   (coincurve, keys pre-parsed) of the same transactions' signatures, measured
@@ -53,7 +52,7 @@ import coincurve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # long_chain, beside this script
 from long_chain import DEFAULT_BLOCKS as LONG_CHAIN_BLOCKS, long_chain  # noqa: E402
-from nodebench_util import SYNC_BATCH, connect_as_sync, node_gc  # noqa: E402
+from nodebench_util import SYNC_BATCH, connect_as_sync  # noqa: E402
 
 from zcoin.chain import Chain
 from zcoin.consensus.builders import new_template, sign_transaction, solve
@@ -115,9 +114,8 @@ def bench_replay(params: ChainParams, blocks: list[Block], synchronous: str, bat
         if batched:
             connect_as_sync(chain, blocks, now)
         else:
-            with node_gc():
-                for block in blocks:
-                    chain.add_block(block, now)
+            for block in blocks:
+                chain.add_block(block, now)
         store.flush()  # what the cache holds is written too
         elapsed = time.perf_counter() - start
         assert chain.height == len(blocks)

@@ -21,8 +21,6 @@ decoding, no checks, no state: what is left is ZeroMQ and the Python loop.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import json
 import os
 import re
@@ -42,7 +40,6 @@ if str(TESTS_DIR) not in sys.path:  # the tests' support package: one wait_until
     sys.path.insert(0, str(TESTS_DIR))
 
 from support.waiting import wait_until  # noqa: E402
-from zcoin.node import GC_THRESHOLDS  # noqa: E402
 from zcoin.wire import MAX_BLOCKS_PER_REQUEST  # noqa: E402
 
 CLI = [sys.executable, "-m", "zcoin.cli"]
@@ -262,23 +259,11 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-@contextlib.contextmanager
-def node_gc():
-    """The cycle collector's thresholds of a node's process (``zcoin.node.GC_THRESHOLDS``) meanwhile."""
-    before = gc.get_threshold()
-    gc.set_threshold(*GC_THRESHOLDS)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
-
-
 def connect_as_sync(chain, blocks: Iterable, now: int) -> None:
     """Connect ``blocks`` as a syncing node does: ``Chain.add_block`` each, ``SYNC_BATCH`` of them
-    (one reply's worth) to an SQL transaction (``Chain.batch``), in the node's collector settings."""
+    (one reply's worth) to an SQL transaction (``Chain.batch``)."""
     remaining = iter(blocks)
-    with node_gc():
-        while batch := list(itertools.islice(remaining, SYNC_BATCH)):
-            with chain.batch(batch):
-                for block in batch:
-                    chain.add_block(block, now)
+    while batch := list(itertools.islice(remaining, SYNC_BATCH)):
+        with chain.batch(batch):
+            for block in batch:
+                chain.add_block(block, now)

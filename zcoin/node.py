@@ -40,12 +40,6 @@ from zcoin.wire import PEER_TOPICS
 
 POLL_S = 0.1  # the longest a turn waits for input before timers run
 PUB_LINGER_MS = 500  # announcements still queued at shutdown get this long to leave
-# The cycle collector's thresholds in a node's process (Python's are 700, 10, 10).  A block or a
-# relayed transaction leaves thousands of objects that live on (coins in the cache, pool entries),
-# so at 700 the collector ran every few blocks, promoting them towards full collections that walk
-# the whole heap: 8-15% of a replay's time, 45-72 ms per full collection.  Few of these objects form
-# cycles (reference counts free them), so collecting every 20,000 allocations loses little memory.
-GC_THRESHOLDS = (20_000, 10, 10)
 
 __all__ = ["Node", "NodeConfig", "StartError", "SystemClock", "is_loopback_endpoint"]
 
@@ -251,7 +245,6 @@ class Node:
         if self.freeze_gc:
             gc.collect()
             gc.freeze()
-            gc.set_threshold(*GC_THRESHOLDS)
 
     def run_once(self, timeout_s: float = POLL_S) -> None:
         """One turn: wait for input up to ``timeout_s``, hand it to the core, run its timers, flush."""
