@@ -400,7 +400,19 @@ def test_a_higher_fee_rate_is_never_in_a_worse_band(rate, other):
 # --- the best part of a large pool: the same template as the full order ----------------------
 
 
-def _large_pool(count: int, seed: int, children: float, child_fee_boost: int = 1) -> Mempool:
+def test_a_large_pool_at_one_fee_rate_keeps_its_full_order_for_templates():
+    """When the best bands are most of the pool, sorting them is no saving: the full order is built and kept."""
+    pool = _large_pool(4000, seed=5, children=0.0, fixed_fee=1_000)
+    assert len(pool._bands) == 1
+    assert pool._best_part(20_000) is None
+    chosen, fees = pool.select_for_block(20_000)
+    assert pool._order is not None
+    assert [tx.txid for tx in chosen] == [tx.txid for tx in pool.txs()][:len(chosen)]  # first come, first served
+    assert (chosen, fees) == pool._select(sorted(pool.entries.values(), key=lambda e: e.sort_key), 20_000,
+                                          partial=False)
+
+
+def _large_pool(count: int, seed: int, children: float, child_fee_boost: int = 1, fixed_fee: int | None = None) -> Mempool:
     """``count`` unverified transfers inserted directly (as bench/bench_chain.py does), the fraction ``children``
     of them spending a recent one; each child pays ``child_fee_boost`` times a plain fee."""
     rng = random.Random(seed)
@@ -410,7 +422,7 @@ def _large_pool(count: int, seed: int, children: float, child_fee_boost: int = 1
         parent = recent[rng.randrange(len(recent))] if recent and rng.random() < children else None
         prev = OutPoint(parent.txid, n) if parent else OutPoint(rng.randbytes(32), 0)
         tx = Transaction(1, (TxIn(prev, bytes(64)),), (TxOut(rng.randrange(10**6, 10**9), PARAMS.dev_pubkey(0)),))
-        fee = rng.randrange(100, 100_000) * (child_fee_boost if parent else 1)
+        fee = fixed_fee or rng.randrange(100, 100_000) * (child_fee_boost if parent else 1)
         pool._insert(MempoolEntry(tx, fee, tx.size, next(pool._seq)))
         recent = (recent + [tx])[-50:]
     return pool

@@ -37,7 +37,7 @@ MIN_RELAY_FEE_PER_BYTE = 0  # a local network lets free transactions through
 # Bitcoin's miner gives up filling a block after this many transactions in a row did
 # not fit while it was this close to full (it would otherwise scan the whole pool).
 MAX_CONSECUTIVE_FAILURES = 1000
-BANDS_PER_DOUBLING = 16  # fee-rate bands (a template sorts the best whole bands): 4.4% of the rate wide
+BANDS_PER_DOUBLING = 16  # fee-rate bands (a template sorts the best whole bands), each 3-6% of the rate wide
 ZERO_FEE_BAND = sys.maxsize  # free transactions: after every band of a paying one
 BEST_PART_MARGIN = 1000  # entries' worth of bytes taken beyond two blocks (children waiting for parents)
 NEARLY_FULL_BYTES = 1000
@@ -365,17 +365,25 @@ class Mempool:
         return self._select(self._sorted(), max_bytes, partial=False)
 
     def _best_part(self, max_bytes: int) -> list[MempoolEntry] | None:
-        """The best whole fee-rate bands, sorted, about two blocks of ``max_bytes`` (None: most of the pool)."""
+        """The best whole fee-rate bands, sorted, about two blocks of ``max_bytes``.
+
+        None if that would be most of the pool (a few bands hold it all): the full order is then
+        built and kept, and later calls merge arrivals into it instead of sorting again.
+        """
         wanted = 2 * max_bytes + BEST_PART_MARGIN * self.bytes // max(1, len(self.entries))
         if 2 * wanted > self.bytes:
             return None
-        best: list[MempoolEntry] = []
-        taken = 0
+        bands, taken = [], 0
         for band in sorted(self._band_bytes):
-            best += sorted(self._bands[band].values(), key=_rate_key)  # a band is in arrival order: a stable sort
+            bands.append(band)
             taken += self._band_bytes[band]
             if taken >= wanted:
                 break
+        if 2 * taken > self.bytes:
+            return None
+        best: list[MempoolEntry] = []
+        for band in bands:
+            best += sorted(self._bands[band].values(), key=_rate_key)  # a band is in arrival order: a stable sort
         return best
 
     def _select(self, order: list[MempoolEntry], max_bytes: int,
@@ -391,8 +399,8 @@ class Mempool:
         failures = 0
         if room < min_size:
             return chosen, fees
-        # A large pool's entries are scattered in memory: each one read costs a cache miss or
-        # two, so a plain entry is not looked up in the pool nor its txid read.
+        # A large pool's entries are scattered in memory, and each one read costs a cache miss or
+        # two: in a best part (all of it in the pool) a plain entry is neither looked up nor its txid read.
         for entry in _merged(order, ready, entries, drain=not partial):
             if not partial and entries.get(entry.txid) is not entry:
                 continue  # removed since the order was kept
