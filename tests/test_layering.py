@@ -31,7 +31,7 @@ PLACES = {
     "zcoin": "entry", "zcoin.core": "consensus",
     "zcoin.wire": "base", "zcoin.config": "base", "zcoin.misbehaviour": "base", "zcoin.tracker": "base",
     "zcoin.tracker.protocol": "base",
-    "zcoin.storage": "state", "zcoin.sigchecks": "state", "zcoin.chain": "state", "zcoin.mempool": "state", "zcoin.mining": "state",
+    "zcoin.storage": "state", "zcoin.statecache": "state", "zcoin.sigchecks": "state", "zcoin.chain": "state", "zcoin.mempool": "state", "zcoin.mining": "state",
     "zcoin.wallet": "state",
     "zcoin.peers": "core", "zcoin.download": "core", "zcoin.nodeapi": "core", "zcoin.nodecore": "core",
     "zcoin.nodemining": "core", "zcoin.relay": "core",

@@ -20,7 +20,7 @@ As in Bitcoin Core (``CCoinsViewCache``, ``-dbcache``), a block is written at on
 the state it changes in batches.  Per block, two statements: its ``blocks`` row with
 the body and the undo data (the coins it spent and created), and its ``active`` row; in
 one SQL transaction per block, or per reply of blocks while syncing (``Chain.batch``).  In memory
-(:class:`StateCache`): the coins created and spent since the last flush (one created
+(:class:`zcoin.statecache.StateCache`): the coins created and spent since the last flush (one created
 and spent in between never reaches the disk), coins lately read, and the new
 ``tx_index`` and ``address_index`` rows.  Per flush, one SQL transaction: all that,
 sorted by key, and ``flushed_tip``.  The cache is flushed when it holds
@@ -62,12 +62,11 @@ from collections.abc import Callable
 from operator import itemgetter
 from pathlib import Path
 
-import msgpack
-
 from zcoin.consensus.params import ChainParams
 from zcoin.consensus.pow import block_work
 from zcoin.consensus.primitives import Block, BlockHeader, OutPoint
 from zcoin.consensus.validation import Coin, UtxoDiff, genesis_diff
+from zcoin.statecache import StateCache, StoreError, address_rows, coin_rows, pack_undo, unpack_undo
 
 # 2: the state tables may lag the tip (``flushed_tip``); 3: no tip in ``meta`` (``active`` says it, and one
 # write less per block); 4: ``blocks`` is a rowid table (see ``_BLOCKS``).  Older stores are upgraded when opened.
@@ -141,10 +140,6 @@ CREATE TABLE IF NOT EXISTS mempool (seq INTEGER PRIMARY KEY AUTOINCREMENT, txid 
 """
 
 
-class StoreError(Exception):
-    """A store that cannot be opened or used (wrong network, wrong schema, corrupt)."""
-
-
 def _wal_has_content(path: Path) -> bool:
     """Whether the store at ``path`` was left open: its write-ahead log exists and is not empty.
 
@@ -161,120 +156,6 @@ def _wal_has_content(path: Path) -> bool:
 
 def _work_bytes(work: int) -> bytes:
     return work.to_bytes(32, "big")
-
-
-def _pack_diff(diff: UtxoDiff) -> bytes:
-    def rows(items):
-        return [[op.txid, op.index, c.amount, c.pubkey, c.height, c.coinbase] for op, c in items]
-
-    return msgpack.packb([rows(diff.spent), rows(diff.created)], use_bin_type=True)
-
-
-def _unpack_diff(raw: bytes) -> UtxoDiff:
-    spent, created = msgpack.unpackb(raw, raw=False)
-
-    def items(rows):
-        return tuple((OutPoint(t, i), Coin(a, p, h, cb)) for t, i, a, p, h, cb in rows)
-
-    return UtxoDiff(items(spent), items(created))
-
-
-def _coin_rows(items) -> list[tuple]:
-    """``utxo`` rows of ``(outpoint, coin)`` pairs, in key order (neighbouring b-tree pages)."""
-    return sorted((op.txid, op.index, c.amount, c.pubkey, c.height, int(c.coinbase)) for op, c in items)
-
-
-def _address_rows(block: Block, height: int, diff: UtxoDiff) -> list[tuple]:
-    """``address_index`` rows of a connected block: per (key, transaction), what it received and spent.
-
-    Computed from the block itself (a coin created and spent in the same block is in no diff).
-    """
-    coins = {(op.txid, op.index): (coin.pubkey, coin.amount) for op, coin in diff.spent}
-    totals: dict[tuple[bytes, int], list] = {}  # (key, position in the block) -> [txid, received, spent]
-    for pos, tx in enumerate(block.txs):
-        txid = tx.txid
-        for index, out in enumerate(tx.outputs):
-            coins[txid, index] = (out.pubkey, out.amount)
-            totals.setdefault((out.pubkey, pos), [txid, 0, 0])[1] += out.amount
-        if pos:  # the first is the coinbase, which spends nothing
-            for txin in tx.inputs:
-                pubkey, amount = coins[txin.prev.txid, txin.prev.index]
-                totals.setdefault((pubkey, pos), [txid, 0, 0])[2] += amount
-    return [(pubkey, height, pos, txid, received, spent) for (pubkey, pos), (txid, received, spent) in totals.items()]
-
-
-class StateCache:
-    """What the blocks connected since the last flush did, held in memory over the tables.
-
-    Coins, as Core's ``CCoinsViewCache``: ``fresh`` ones were created since the flush and
-    are not on disk, so spending one just forgets it; ``spent`` ones are on disk and are
-    deleted at the flush; ``clean`` keeps what the disk answered (a block reads each coin it
-    spends twice, and a mempool reads it first).  Indexes: the height of every transaction
-    connected, and the address-index rows.  The store's reads join all this with the
-    tables; :meth:`flush` writes it, and ``best`` as ``flushed_tip``, in the caller's SQL
-    transaction.
-    """
-
-    def __init__(self, db: sqlite3.Connection, best: bytes, max_entries: int, max_blocks: int) -> None:
-        self.db = db
-        self.best = best  # the block whose state this is
-        self.max_entries = max_entries
-        self.max_blocks = max_blocks
-        self.blocks = 0  # blocks applied since the last flush
-        self.fresh: dict[OutPoint, Coin] = {}
-        self.spent: set[OutPoint] = set()
-        self.clean: dict[OutPoint, Coin | None] = {}
-        self.tx_heights: dict[bytes, int] = {}
-        self.history: list[tuple] = []  # address_index rows
-
-    @property
-    def full(self) -> bool:
-        """Time to flush: too many entries, or too many blocks to replay after a crash."""
-        entries = len(self.fresh) + len(self.spent) + len(self.clean) + len(self.tx_heights) + len(self.history)
-        return entries > self.max_entries or self.blocks >= self.max_blocks
-
-    def get_coin(self, outpoint: OutPoint) -> Coin | None:
-        """The unspent coin at ``outpoint``, or None (a ``UtxoView``)."""
-        coin = self.fresh.get(outpoint)
-        if coin is not None or outpoint in self.spent:
-            return coin
-        try:
-            return self.clean[outpoint]
-        except KeyError:
-            if len(self.clean) >= self.max_entries:  # reads alone fill it too; what they kept costs no write
-                self.clean.clear()
-            row = self.db.execute("SELECT amount, pubkey, height, coinbase FROM utxo WHERE txid = ? AND idx = ?",
-                                  (outpoint.txid, outpoint.index)).fetchone()
-            coin = self.clean[outpoint] = Coin(row[0], row[1], row[2], bool(row[3])) if row else None
-            return coin
-
-    def apply(self, block: Block, height: int, diff: UtxoDiff) -> None:
-        """Connect ``block``, whose coins changed as ``diff`` says, on top of ``best``."""
-        for outpoint, _ in diff.spent:
-            if self.fresh.pop(outpoint, None) is None:
-                if self.get_coin(outpoint) is None:
-                    raise StoreError(f"spends {outpoint}, which is not in the UTXO set")
-                del self.clean[outpoint]
-                self.spent.add(outpoint)
-        for outpoint, coin in diff.created:
-            if self.fresh.setdefault(outpoint, coin) is not coin:
-                raise StoreError(f"creates {outpoint}, which is unspent already")
-        for tx in block.txs:
-            self.tx_heights[tx.txid] = height
-        self.history.extend(_address_rows(block, height, diff))
-        self.best = block.hash
-        self.blocks += 1
-
-    def flush(self) -> None:
-        """Write it all (in the caller's SQL transaction) and empty the cache."""
-        db = self.db
-        db.executemany("DELETE FROM utxo WHERE txid = ? AND idx = ?", sorted((op.txid, op.index) for op in self.spent))
-        db.executemany("INSERT OR REPLACE INTO utxo VALUES (?, ?, ?, ?, ?, ?)", _coin_rows(self.fresh.items()))
-        db.executemany("INSERT OR REPLACE INTO tx_index VALUES (?, ?)", sorted(self.tx_heights.items()))
-        db.executemany("INSERT OR REPLACE INTO address_index VALUES (?, ?, ?, ?, ?, ?)", sorted(self.history))
-        db.execute("UPDATE meta SET value = ? WHERE key = 'flushed_tip'", (self.best,))
-        self.fresh, self.spent, self.clean, self.tx_heights, self.history = {}, set(), {}, {}, []
-        self.blocks = 0
 
 
 class ChainStore:
@@ -383,7 +264,7 @@ class ChainStore:
                     "SELECT a.height, b.body, b.undo FROM active a JOIN blocks b ON a.hash = b.hash ORDER BY a.height"
             ).fetchall():
                 self.db.executemany("INSERT OR REPLACE INTO address_index VALUES (?, ?, ?, ?, ?, ?)",
-                                    _address_rows(Block.parse(body), height, _unpack_diff(undo)))
+                                    address_rows(Block.parse(body), height, unpack_undo(undo)))
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('address_index', ?)", (b"1",))
 
     def _init_genesis(self) -> None:
@@ -399,7 +280,7 @@ class ChainStore:
             ])
             self.db.execute("INSERT INTO blocks VALUES (?, ?, 0, ?, ?, ?, ?, ?)", (
                 genesis.hash, genesis.header.prev_hash, _work_bytes(block_work(genesis.header.bits)),
-                HAVE_DATA, genesis.header.serialize(), genesis.raw, _pack_diff(diff)))
+                HAVE_DATA, genesis.header.serialize(), genesis.raw, pack_undo(diff)))
             self.db.execute("INSERT INTO active VALUES (0, ?)", (genesis.hash,))
             state = StateCache(self.db, genesis.header.prev_hash, self.max_cache_entries, self.flush_every_blocks)
             state.apply(genesis, 0, diff)  # its coins and index rows, as any block's, written at once
@@ -419,7 +300,7 @@ class ChainStore:
         for height, body, undo in self.db.execute(
                 "SELECT a.height, b.body, b.undo FROM active a JOIN blocks b ON a.hash = b.hash WHERE a.height > ? "
                 "ORDER BY a.height", (row[0],)).fetchall():
-            self.cache.apply(Block.parse(body), height, _unpack_diff(undo))
+            self.cache.apply(Block.parse(body), height, unpack_undo(undo))
             if flush and self.cache.full:
                 self.flush()
         if flush:
@@ -538,7 +419,7 @@ class ChainStore:
                             "ON CONFLICT (hash) DO UPDATE SET body = excluded.body, status = excluded.status, "
                             "undo = excluded.undo",
                             (header.hash, header.prev_hash, height, _work_bytes(chain_work), HAVE_DATA,
-                             header.serialize(), block.raw, _pack_diff(diff)))
+                             header.serialize(), block.raw, pack_undo(diff)))
             self.db.execute("INSERT OR REPLACE INTO active VALUES (?, ?)", (height, block.hash))
             self.cache.apply(block, height, diff)
             if self.cache.full:
@@ -559,10 +440,10 @@ class ChainStore:
             self.cache.flush()  # the tables now hold the tip's state, which the undo data takes back
             self.db.executemany("DELETE FROM utxo WHERE txid = ? AND idx = ?",
                                 [(op.txid, op.index) for op, _ in diff.created])
-            self.db.executemany("INSERT INTO utxo VALUES (?, ?, ?, ?, ?, ?)", _coin_rows(diff.spent))
+            self.db.executemany("INSERT INTO utxo VALUES (?, ?, ?, ?, ?, ?)", coin_rows(diff.spent))
             self.db.executemany("DELETE FROM tx_index WHERE txid = ?", [(tx.txid,) for tx in block.txs])
             self.db.executemany("DELETE FROM address_index WHERE pubkey = ? AND height = ? AND pos = ?",
-                                [row[:3] for row in _address_rows(block, height, diff)])
+                                [row[:3] for row in address_rows(block, height, diff)])
             self.db.execute("DELETE FROM active WHERE height = ?", (height,))
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'flushed_tip'", (block.header.prev_hash,))
             self.cache.best = block.header.prev_hash
@@ -611,7 +492,7 @@ class ChainStore:
     def get_undo(self, block_hash: bytes) -> UtxoDiff | None:
         """What connecting ``block_hash`` did to the UTXO set (None while it is not connected)."""
         row = self.db.execute("SELECT undo FROM blocks WHERE hash = ?", (block_hash,)).fetchone()
-        return _unpack_diff(row[0]) if row and row[0] is not None else None
+        return unpack_undo(row[0]) if row and row[0] is not None else None
 
     # --- acknowledged transactions -----------------------------------------------------
 
