@@ -18,7 +18,8 @@
   rules alone (``check_block`` and ``connect_block`` over a dict) are timed too:
   ``ratio_tx_to_rules_only`` is what the chain manager and the store leave of them.
 - ``template``: ``Mempool.select_for_block`` over a 100k-transaction pool, the
-  first call (cold: the fee-rate order is built) and a warm call, next to
+  first call (cold: no order kept yet, so the pool's best fee-rate bands, kept
+  as entries arrive, are sorted) and a warm call, next to
   baselines of the same run: sorting 100k (fee rate, seq) keys and one bare
   Python pass over the entries.  The pool is filled through ``Mempool._insert``
   with pre-built entries: ``accept`` would verify 100k signatures first.
@@ -179,7 +180,7 @@ def add_entries(pool: Mempool, count: int, rng: random.Random, parents: list[Tra
 def bench_template(params: ChainParams, pool_size: int, repeats: int = 5, arrivals: int = 200) -> dict:
     """``select_for_block`` on a ``pool_size`` pool, in milliseconds.
 
-    ``cold``: the order is built from scratch (first call); ``warm``: called again
+    ``cold``: no order kept yet (first call: the best fee-rate bands are sorted); ``warm``: called again
     unchanged; ``after_block``: after the chosen transactions left (a block
     connected) and ``arrivals`` new ones came in, the usual case for a miner.
     """
