@@ -26,6 +26,10 @@
   Also timed: admitting a better-paying newcomer to the full pool (the worst
   entry is evicted), next to the same bare pass over the entries.
 
+- ``block_from_pool``: a block of ``--pool-block`` transfers from the gossip, connected by a
+  node holding them all in its mempool (their signatures in the chain's signature cache),
+  next to the same block connected by a node that never saw them, alternating.
+
 - ``long_chain``: a node started on a 100k-block regtest chain (built once, cached in
   ``bench/.cache/``) until its api serves, a fresh node syncing that chain from it
   next to a local replay of the same blocks, and both nodes' resident memory
@@ -93,6 +97,57 @@ def build_blocks(params: ChainParams, blocks: int, txs_per_block: int) -> tuple[
                                 max(mtp + 1, parent.header.time + 1), params.dev_pubkey(9), txs, FEE * len(txs))
         chain.append(solve(template, max_tries=1 << 16))
     return chain[1:], verifies
+
+
+def build_pool_block(params: ChainParams, count: int) -> tuple[Block, Block]:
+    """A block splitting the development funds into ``count`` outputs, and a block of ``count`` transfers of them."""
+    genesis = params.genesis
+    keys = [dev_secret_key(i) for i in range(params.dev_accounts)]
+    splits, transfers = [], []
+    for account in range(params.dev_accounts):
+        outputs = count // params.dev_accounts + (account < count % params.dev_accounts)
+        each = (params.dev_account_amount - FEE) // outputs
+        pubkey = params.dev_pubkey(account)
+        split = sign_transaction([(OutPoint(genesis.txs[0].txid, account), keys[account])], [TxOut(each, pubkey)] * outputs)
+        splits.append(split)
+        transfers += [sign_transaction([(OutPoint(split.txid, i), keys[account])], [TxOut(each - FEE, pubkey)])
+                      for i in range(outputs)]
+    first = solve(new_template(params, genesis.hash, 1, params.genesis_bits, genesis.header.time + 1,
+                               params.dev_pubkey(9), splits, FEE * len(splits)), max_tries=1 << 16)
+    second = solve(new_template(params, first.hash, 2, params.genesis_bits, first.header.time + 1,
+                                params.dev_pubkey(9), transfers, FEE * len(transfers)), max_tries=1 << 16)
+    return first, second
+
+
+def bench_block_from_pool(params: ChainParams, count: int, repeats: int = 3) -> dict:
+    """A block of ``count`` transfers from the gossip (a commit of its own, signatures on two threads),
+    connected by a node that has them all in its mempool (their signatures remembered), next to the
+    same block connected by a node that has never seen them; both on fresh stores, alternating."""
+    first, block = build_pool_block(params, count)
+    now = block.header.time + 60
+    times: dict[str, list[float]] = {"unseen": [], "from_pool": []}
+    skipped = []
+    for repeat in range(repeats):
+        for label in (("unseen", "from_pool") if repeat % 2 == 0 else ("from_pool", "unseen")):
+            with tempfile.TemporaryDirectory() as directory:
+                store = ChainStore(Path(directory) / "chain.sqlite", params)
+                chain = Chain(store, params)
+                chain.add_block(first, now)
+                if label == "from_pool":
+                    pool = Mempool(params, signature_cache=chain.signature_cache)
+                    for tx in block.txs[1:]:
+                        pool.accept(tx, store, chain.height)
+                start = time.perf_counter()
+                chain.add_block(block, now)
+                times[label].append(time.perf_counter() - start)
+                assert chain.height == 2
+                if label == "from_pool":
+                    skipped.append(chain.signature_cache.hits)
+                store.close()
+    unseen, from_pool = (statistics.median(times[k]) * 1000 for k in ("unseen", "from_pool"))
+    return {"transactions": count, "repeats": repeats, "unseen_ms": round(unseen, 2),
+            "from_pool_ms": round(from_pool, 2), "signatures_skipped": min(skipped),
+            "ratio_from_pool_to_unseen": round(from_pool / unseen, 3)}
 
 
 def bench_replay(params: ChainParams, blocks: list[Block], synchronous: str, batched: bool) -> dict:
@@ -260,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=300)
     parser.add_argument("--txs-per-block", type=int, default=8)
     parser.add_argument("--pool", type=int, default=100_000)
+    parser.add_argument("--pool-block", type=int, default=2_000, metavar="TXS",
+                        help="transfers in the block connected with and without them in the mempool")
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of the node's own replay (batched, synchronous=NORMAL); the headline "
                              "ratio is their median")
@@ -301,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": replays,
         },
         "template": bench_template(params, args.pool),
+        "block_from_pool": bench_block_from_pool(params, args.pool_block),
         "python": platform.python_version(),
     }
     if args.long_chain:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from support.payments import premine_spend, spend_output
+from support.payments import FEE, premine_spend, spend_output
 from zcoin import wire
 from zcoin.config import NodeConfig
 from zcoin.consensus.builders import new_template, solve
@@ -144,6 +144,23 @@ def test_a_transaction_dropped_for_a_conflicting_block_is_reported_conflicted(ne
     status = net.request("a", "get_tx", txid=mine.txid)
     assert status["state"] == "conflicted" and status["conflict"] == theirs.txid_hex
     assert net.request("a", "get_tx", txid=theirs.txid)["state"] == "confirmed"
+
+
+def test_a_block_of_relayed_payments_connects_at_a_peer_without_verifying_them_again(net, tmp_path):
+    """b took the payments from a's gossip (verifying their signatures); the block of them reuses that."""
+    a, b = add(net, tmp_path, "a"), add(net, tmp_path, "b")
+    net.run_until(lambda: a.synced and b.synced, 10, "both synced")
+    txs = [premine_spend(i, to=i + 1) for i in range(3)]
+    for tx in txs:
+        assert push(net, "a", tx)["accepted"]
+    net.run_until(lambda: all(tx.txid in b.mempool for tx in txs), 10, "b takes them from a")
+    assert len(b.chain.signature_cache) == len(txs)
+    genesis = REGTEST.genesis
+    block = solve(new_template(REGTEST, genesis.hash, 1, REGTEST.genesis_bits, genesis.header.time + 1,
+                               REGTEST.dev_pubkey(9), txs, len(txs) * FEE))
+    assert net.request("a", "submit_block", block=block.raw)["accepted"]
+    net.run_until(lambda: b.chain.height == 1, 10, "b connects the block")
+    assert b.chain.signature_cache.hits == len(txs) and len(b.mempool) == 0
 
 
 def test_gossip_carries_the_publishers_epoch_and_a_gap_fetches_its_inventory(net, tmp_path):

@@ -23,7 +23,9 @@ of the sync, and after a restart peers send the missing headers again in a few
 round trips.
 
 A block's signatures are verified on the calling thread and one worker thread
-(:class:`~zcoin.sigchecks.SignatureCheckQueue`, as Core's ``CCheckQueue``).  A
+(:class:`~zcoin.sigchecks.SignatureCheckQueue`, as Core's ``CCheckQueue``), except
+those the node's mempool verified when it took their transactions
+(:class:`~zcoin.sigchecks.SignatureCache`, as Core's signature cache).  A
 sync reply's blocks are checked ahead (:meth:`Chain.batch`): their other rules
 first, while a process of the chain's own verifies their signatures
 (:class:`~zcoin.sigchecks.ChecksAhead`).  Both stop when the chain's store is
@@ -54,7 +56,7 @@ from zcoin.consensus.validation import (
     reorg_path,
     retarget_window_start,
 )
-from zcoin.sigchecks import ChecksAhead, SignatureCheckQueue
+from zcoin.sigchecks import ChecksAhead, SignatureCache, SignatureCheckQueue
 from zcoin.storage import HAVE_DATA, HEADER_ONLY, INVALID, ChainStore
 
 MAX_ORPHAN_BLOCKS = 256
@@ -198,6 +200,8 @@ class Chain:
         self.params = params
         self.orphans = orphans if orphans is not None else OrphanPool()  # an empty pool is falsy
         self.signature_checks = SignatureCheckQueue()
+        self.signature_cache = SignatureCache()  # the mempool's (the node gives it to its pool)
+        self._verify_block = self.signature_cache.verifier(self.signature_checks)
         self.ahead = ChecksAhead(params)
         store.call_on_close(self.signature_checks.close)  # whoever closes the store stops the workers
         store.call_on_close(self.ahead.close)
@@ -537,7 +541,7 @@ class Chain:
                 try:
                     diff = self.ahead.diff(block)  # if its rules were checked ahead and its signatures passed
                     if diff is None:
-                        diff = connect_block(block, entry.height, self.store, self.params, self.signature_checks)
+                        diff = connect_block(block, entry.height, self.store, self.params, self._verify_block)
                 except E.InvalidBlock as exc:
                     self._mark_invalid(entry)
                     update.invalid.append((entry.hash, exc))

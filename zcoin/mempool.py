@@ -30,7 +30,9 @@ from operator import attrgetter
 from zcoin.consensus import errors as E
 from zcoin.consensus.params import ChainParams
 from zcoin.consensus.primitives import Block, OutPoint, Transaction
-from zcoin.consensus.validation import Coin, UtxoView, check_transaction, check_tx_inputs, tx_coins
+from zcoin.consensus.validation import (Coin, SignatureCheck, UtxoView, check_transaction, check_tx_inputs,
+                                        first_invalid_signature, tx_coins)
+from zcoin.sigchecks import SignatureCache
 
 DEFAULT_MAX_MEMPOOL_BYTES = 64 * 1024 * 1024
 MIN_RELAY_FEE_PER_BYTE = 0  # a local network lets free transactions through
@@ -125,9 +127,11 @@ class MempoolView:
 class Mempool:
     """Transactions waiting for a block (see the module docstring)."""
 
-    def __init__(self, params: ChainParams, *, max_bytes: int = DEFAULT_MAX_MEMPOOL_BYTES) -> None:
+    def __init__(self, params: ChainParams, *, max_bytes: int = DEFAULT_MAX_MEMPOOL_BYTES,
+                 signature_cache: SignatureCache | None = None) -> None:
         self.params = params
         self.max_bytes = max_bytes
+        self.signature_cache = signature_cache  # told the signatures of what the pool takes (the chain's)
         self.entries: dict[bytes, MempoolEntry] = {}
         self.spends: dict[OutPoint, bytes] = {}  # outpoint -> txid of the pool tx spending it
         self.bytes = 0
@@ -181,9 +185,17 @@ class Mempool:
                 raise TxConflict(f"spends {txin.prev}, already spent by {other[::-1].hex()}",
                                  txid=tx.txid_hex, conflict=other[::-1].hex())
         view = MempoolView(self, chain_view, tip_height + 1)
+        verified: list[SignatureCheck] = []
+
+        def verify(checks: list[SignatureCheck]) -> int | None:
+            failed = first_invalid_signature(checks)
+            if failed is None:
+                verified.extend(checks)
+            return failed
+
         try:
             fee = check_tx_inputs(tx, view, tip_height + 1, self.params,
-                                  verify_signatures=not signatures_verified)
+                                  verify_signatures=not signatures_verified, verifier=verify)
         except E.TxMissingInput:
             if is_confirmed(txid):
                 raise TxAlreadyConfirmed(f"{tx.txid_hex} is already in a block", txid=tx.txid_hex) from None
@@ -193,6 +205,8 @@ class Mempool:
         entry = MempoolEntry(tx, fee, tx.size, next(self._seq))
         self._make_room(entry)
         self._insert(entry)
+        if self.signature_cache is not None:  # only once taken: a refused transaction leaves nothing
+            self.signature_cache.add(verified)
         return fee
 
     def _insert(self, entry: MempoolEntry) -> None:

@@ -157,6 +157,7 @@ class NodeCore:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.store = ChainStore(data_dir / "chain.sqlite", self.params)
         self.chain = Chain(self.store, self.params)
+        self.mempool.signature_cache = self.chain.signature_cache  # blocks of pool transactions verify no signature twice
         gone = []
         for raw in self.store.load_mempool_txs():
             try:

@@ -16,6 +16,10 @@ interpreter: two ways to spend the second core on them.
 
 Either way the caller learns which check failed first in block order (the process says
 only "all valid", and the chain manager checks a block it does not say so of again).
+
+And, as Core's signature cache: :class:`SignatureCache` remembers the signatures of the
+transactions the mempool took, so a block made of them (from a peer's miner or the
+node's own) verifies only those it brings that the pool never saw.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from zcoin.consensus.params import ChainParams
 from zcoin.consensus.primitives import SIGNATURE_BYTES, Block
 from zcoin.consensus.validation import (
     SignatureCheck,
+    SignatureVerifier,
     UtxoDiff,
     UtxoOverlay,
     UtxoView,
@@ -68,6 +73,58 @@ _RECORD = 32 + 32 + SIGNATURE_BYTES  # message, key, signature
 # The caller waits this long for an answer the process owes before it gives up on the process
 # (stopped, swapped out, wedged) and verifies alone from then on.
 ANSWER_TIMEOUT_S = 10.0
+# Signatures the cache remembers (128 bytes of key each, ~20 MB in all): a pool's worth at the
+# default 64 MB of transactions is ~340k, but a block takes a few thousand of the newest ones.
+SIGNATURE_CACHE_ENTRIES = 100_000
+
+
+class SignatureCache:
+    """Signatures verified valid when the mempool took their transactions (Core's ``CSignatureCache``).
+
+    An entry is the check's message, key and signature, exactly: BIP340 verification is a
+    function of these three, so a check found here needs no verify.  A transaction's
+    message commits to all of it (its outputs and every outpoint), and an outpoint names
+    the same coin on every chain, so a block carrying a pool transaction asks for the
+    very entries the pool made.  A block uses each entry once, so a hit removes it; the
+    oldest entries go first when the cache is full.
+    """
+
+    def __init__(self, max_entries: int = SIGNATURE_CACHE_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[bytes, None] = {}  # insertion order: the oldest first
+        self.hits = 0  # checks a block did not verify, for tests and benchmarks
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, checks: Sequence[SignatureCheck]) -> None:
+        """Remember ``checks``, which were verified valid."""
+        entries = self._entries
+        for check in checks:
+            entries[check.msg32 + check.pubkey + check.signature] = None
+        while len(entries) > self.max_entries:
+            del entries[next(iter(entries))]
+
+    def verifier(self, verify: SignatureVerifier) -> SignatureVerifier:
+        """``verify``, for the checks not remembered (a :data:`SignatureVerifier` of the same answers)."""
+        entries = self._entries
+
+        def verify_unseen(checks: Sequence[SignatureCheck]) -> int | None:
+            unseen = []  # positions in ``checks``
+            for position, check in enumerate(checks):
+                try:
+                    del entries[check.msg32 + check.pubkey + check.signature]
+                except KeyError:
+                    unseen.append(position)
+            self.hits += len(checks) - len(unseen)
+            if not unseen:
+                return None
+            if len(unseen) == len(checks):
+                return verify(checks)
+            failed = verify([checks[position] for position in unseen])  # a remembered one is valid: the
+            return None if failed is None else unseen[failed]  # first failure is the first among the rest
+
+        return verify_unseen
 
 
 class SignatureCheckQueue:

@@ -175,7 +175,7 @@ def check_transaction(tx: Transaction, params: ChainParams) -> None:
 
 
 def check_tx_inputs(tx: Transaction, view: UtxoView, spend_height: int, params: ChainParams, *,
-                    verify_signatures: bool = True) -> int:
+                    verify_signatures: bool = True, verifier: SignatureVerifier | None = None) -> int:
     """Check a non-coinbase transaction's inputs against ``view``; return its fee.
 
     Every input must spend an existing coin, a mature one if it comes from a
@@ -185,11 +185,12 @@ def check_tx_inputs(tx: Transaction, view: UtxoView, spend_height: int, params: 
     ``verify_signatures=False`` is for a transaction whose signatures were
     already verified: an outpoint names the same coin (amount and key) on every
     chain, since the txid commits to its outputs, so they cannot have changed.
+    ``verifier`` verifies them (by default :func:`first_invalid_signature`).
     """
     coins, fee = _spent_coins(tx, view, spend_height, params)
     if verify_signatures:  # last: they cost far more than every other check together
         checks = signature_checks(tx, coins)
-        failed = first_invalid_signature(checks)
+        failed = (verifier or first_invalid_signature)(checks)
         if failed is not None:
             raise checks[failed].error()
     return fee
