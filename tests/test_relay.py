@@ -161,6 +161,7 @@ def test_a_block_of_relayed_payments_connects_at_a_peer_without_verifying_them_a
     assert net.request("a", "submit_block", block=block.raw)["accepted"]
     net.run_until(lambda: b.chain.height == 1, 10, "b connects the block")
     assert b.chain.signature_cache.hits == len(txs) and len(b.mempool) == 0
+    assert net.request("b", "status")["counters"]["signatures_cached"] == len(txs)
 
 
 def test_gossip_carries_the_publishers_epoch_and_a_gap_fetches_its_inventory(net, tmp_path):

@@ -78,7 +78,8 @@ class NodeApi:
             "payout": core.config.payout.hex() if core.config.payout else None,
             "counters": {"txs_accepted": counters.txs_accepted, "blocks_connected": counters.blocks_connected,
                          "reorgs": counters.reorgs, "bans": core.misbehaviour.bans,
-                         "gossip_gaps": counters.gossip_gaps, "request_stalls": counters.request_stalls},
+                         "gossip_gaps": counters.gossip_gaps, "request_stalls": counters.request_stalls,
+                         "signatures_cached": core.chain.signature_cache.hits},
             "rejected": [{"reason": code, "count": n} for code, n in sorted(counters.rejected.items())][:64],
         }
 

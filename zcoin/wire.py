@@ -268,7 +268,8 @@ register("status_reply", node=Str(64), network=Str(32), height=Int(), tip=Str(64
                                   "banned": Bool()}), max_len=10_000),
               mempool_bytes=Opt(Int()), payout=Opt(Str(64)),  # the key its coinbases pay (hex), if it mines
               counters=Opt(Map({"txs_accepted": Int(), "blocks_connected": Int(), "reorgs": Int(), "bans": Int(),
-                                "gossip_gaps": Int(), "request_stalls": Int()})),
+                                "gossip_gaps": Int(), "request_stalls": Int(), "signatures_cached": Int()},
+                               optional=frozenset({"signatures_cached"}))),
               rejected=Opt(List(Map({"reason": Str(64), "count": Int()}), max_len=64)))
 register("push_tx", tx=Bytes(1_000_000))
 register("tx_result", accepted=Bool(), txid=Str(64), reason=Opt(Str(512)), code=Opt(Str(64)))

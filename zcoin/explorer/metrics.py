@@ -32,6 +32,8 @@ COUNTERS = (  # (metric, status counter, help); prometheus_client appends _total
     ("zcoin_node_bans", "bans", "Peers the node banned for misbehaviour."),
     ("zcoin_node_gossip_gaps", "gossip_gaps", "Gaps the node saw in its peers' gossip numbering."),
     ("zcoin_node_request_stalls", "request_stalls", "Requests to peers that stalled."),
+    ("zcoin_node_signatures_cached", "signatures_cached",
+     "Block signatures not verified again: the mempool had verified them (the signature cache)."),
 )
 
 
