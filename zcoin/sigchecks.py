@@ -33,7 +33,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +91,9 @@ class SignatureCache:
 
     def __init__(self, max_entries: int = SIGNATURE_CACHE_ENTRIES) -> None:
         self.max_entries = max_entries
-        self._entries: dict[bytes, None] = {}  # insertion order: the oldest first
+        # Insertion order, the oldest first.  Not a dict: taking a dict's first key scans the slots
+        # its earlier deletions left (22 us an eviction at 100k entries, against 1.5).
+        self._entries: OrderedDict[bytes, None] = OrderedDict()
         self.hits = 0  # checks a block did not verify, for tests and benchmarks
 
     def __len__(self) -> int:
@@ -103,7 +105,7 @@ class SignatureCache:
         for check in checks:
             entries[check.msg32 + check.pubkey + check.signature] = None
         while len(entries) > self.max_entries:
-            del entries[next(iter(entries))]
+            entries.popitem(last=False)
 
     def verifier(self, verify: SignatureVerifier) -> SignatureVerifier:
         """``verify``, for the checks not remembered (a :data:`SignatureVerifier` of the same answers)."""
