@@ -17,25 +17,14 @@ import signal
 import pytest
 
 from support.chain import NOW, Builder, open_chain
-from support.payments import dev_key, premine_spend, random_checks, with_bad_signature
+from support.payments import dev_key, premine_spend, random_checks, respend_both, with_bad_signature
 from support.payments import pay as sign_payment
 from zcoin.consensus import errors as E
-from zcoin.consensus.primitives import Block, OutPoint, Transaction
+from zcoin.consensus.primitives import Block, OutPoint
 from zcoin.consensus.validation import SignatureCheck, first_invalid_signature
 from zcoin.sigchecks import SignatureCheckProcess
 
 ACCOUNTS = 8
-FEE = 1_000
-
-
-def _respend(funding: list[Transaction]) -> list[Transaction]:
-    """Per transaction (account ``i``'s, two outputs), one spending both outputs into two: two signatures."""
-    txs = []
-    for account, tx in enumerate(funding):
-        total = tx.outputs[0].amount + tx.outputs[1].amount - FEE
-        txs.append(sign_payment([(OutPoint(tx.txid, 0), dev_key(account)), (OutPoint(tx.txid, 1), dev_key(account))],
-                                [total // 2, total - total // 2]))
-    return txs
 
 
 def _reply(bad: tuple[int, int, int] | None = None, blocks: int = 5) -> tuple[Builder, list[Block]]:
@@ -49,7 +38,7 @@ def _reply(bad: tuple[int, int, int] | None = None, blocks: int = 5) -> tuple[Bu
     builder.mine(txs)
     reply = []
     for position in range(blocks):
-        txs = _respend(txs)
+        txs = respend_both(txs)
         if bad is not None and bad[0] == position:
             txs[bad[1]] = with_bad_signature(txs[bad[1]], bad[2])
         reply.append(builder.mine(txs, unchecked=bad is not None and position >= bad[0]))
@@ -120,7 +109,7 @@ def test_a_block_breaking_another_rule_ends_the_run_checked_ahead_and_is_judged_
     builder.mine(txs)
     reply = []
     for position in range(4):
-        txs = _respend(txs)
+        txs = respend_both(txs)
         if position == 1:  # spends a coin that never existed, beside good transactions
             txs[3] = sign_payment([(OutPoint(bytes(range(32)), 0), dev_key(3))], [5_000, 5_000])
         reply.append(builder.mine(txs, unchecked=position >= 1))
@@ -139,7 +128,7 @@ def test_answers_dropped_with_one_reply_do_not_stray_into_the_next(tmp_path):
     txs = list(builder.blocks[1].txs[1:])
     good_reply = []
     for _ in range(5):
-        txs = _respend(txs)
+        txs = respend_both(txs)
         good_reply.append(good.mine(txs))
     store, chain = open_chain(tmp_path / "chain.sqlite")
     try:

@@ -14,27 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from support.chain import NOW, PARAMS, Builder, open_chain
-from support.payments import dev_key, premine_spend, random_checks, with_bad_signature
-from support.payments import pay as sign_payment
+from support.payments import premine_spend, random_checks, respend_both, with_bad_signature
 from zcoin.consensus import errors as E
 from zcoin.consensus import validation
-from zcoin.consensus.primitives import OutPoint, Transaction
 from zcoin.consensus.validation import first_invalid_signature
 from zcoin.mempool import Mempool, MempoolFull
 from zcoin.sigchecks import SignatureCache
 
 ACCOUNTS = 4
-FEE = 1_000
-
-
-def _respend(funding: list[Transaction]) -> list[Transaction]:
-    """Per account ``i``'s funding transaction (two outputs), one spending both: two signatures each."""
-    txs = []
-    for account, tx in enumerate(funding):
-        total = tx.outputs[0].amount + tx.outputs[1].amount - FEE
-        txs.append(sign_payment([(OutPoint(tx.txid, 0), dev_key(account)), (OutPoint(tx.txid, 1), dev_key(account))],
-                                [total // 2, total - total // 2]))
-    return txs
 
 
 @pytest.fixture
@@ -63,7 +50,7 @@ def _count_verifies(monkeypatch) -> list[int]:
 
 def test_a_block_of_pool_transactions_verifies_none_of_their_signatures_again(node, monkeypatch):
     chain, pool, builder, funding = node
-    txs = _respend(funding)
+    txs = respend_both(funding)
     for tx in txs:
         pool.accept(tx, chain.store, chain.height)
     assert len(chain.signature_cache) == 2 * ACCOUNTS
@@ -77,7 +64,7 @@ def test_a_block_of_pool_transactions_verifies_none_of_their_signatures_again(no
 
 def test_a_block_verifies_what_the_pool_never_took(node, monkeypatch):
     chain, pool, builder, funding = node
-    txs = _respend(funding)
+    txs = respend_both(funding)
     for tx in txs[:1]:
         pool.accept(tx, chain.store, chain.height)
     block = builder.mine(txs)
@@ -90,7 +77,7 @@ def test_a_block_verifies_what_the_pool_never_took(node, monkeypatch):
 def test_a_block_whose_copy_of_a_pool_transaction_carries_another_signature_is_refused_naming_it(node):
     """Same inputs, outputs and message as a pool transaction, a damaged signature: not a cache hit."""
     chain, pool, builder, funding = node
-    txs = _respend(funding)
+    txs = respend_both(funding)
     for tx in txs:
         pool.accept(tx, chain.store, chain.height)
     bad = with_bad_signature(txs[2], 1)
@@ -106,7 +93,7 @@ def test_a_transaction_the_pool_refuses_after_verifying_it_leaves_nothing_in_the
     chain, _, _, funding = node
     small = Mempool(PARAMS, max_bytes=100, signature_cache=chain.signature_cache)
     with pytest.raises(MempoolFull):  # valid, signatures verified, then too large for the pool
-        small.accept(_respend(funding)[0], chain.store, chain.height)
+        small.accept(respend_both(funding)[0], chain.store, chain.height)
     assert len(chain.signature_cache) == 0
 
 

@@ -82,6 +82,16 @@ def spend_output(tx: Transaction, index: int, account: int, *, to: int | None = 
     return pay([(OutPoint(tx.txid, index), dev_key(account))], _split(total, outputs), payee)
 
 
+def respend_both(funding: Sequence[Transaction], *, fee: int = FEE) -> list[Transaction]:
+    """Per development account ``i``'s ``funding[i]`` (two outputs), one spending both into two: two signatures."""
+    txs = []
+    for account, tx in enumerate(funding):
+        total = tx.outputs[0].amount + tx.outputs[1].amount - fee
+        txs.append(pay([(OutPoint(tx.txid, 0), dev_key(account)), (OutPoint(tx.txid, 1), dev_key(account))],
+                       [total // 2, total - total // 2]))
+    return txs
+
+
 def with_bad_signature(tx: Transaction, index: int) -> Transaction:
     """``tx`` with input ``index``'s signature damaged (its last bit flipped)."""
     inputs = list(tx.inputs)
