@@ -117,3 +117,22 @@ def test_a_cached_verifier_names_the_first_bad_check_as_the_plain_one_does(seed,
     cache = SignatureCache()
     cache.add([checks[i] for i in remembered if i is not None])  # only valid ones are ever remembered
     assert cache.verifier(first_invalid_signature)(checks) == first_invalid_signature(checks)
+
+
+def test_a_sync_reply_of_pool_transactions_sends_the_signature_process_none_of_them(node, monkeypatch):
+    """Blocks checked ahead (a reply, as a node behind by a few blocks gets them) use the cache too."""
+    chain, pool, builder, funding = node
+    first = respend_both(funding)
+    second = respend_both(first)
+    for tx in first + second:
+        pool.accept(tx, chain.store, chain.height)
+    reply = [builder.mine(first), builder.mine(second)]
+    chain.ahead.min_signatures = 1
+    assert chain.ahead.process.start(wait=True)
+    verifies = _count_verifies(monkeypatch)
+    with chain.batch(reply):
+        for block in reply:
+            chain.add_block(block, NOW)
+    assert chain.height == 3
+    assert verifies[0] == 0 and chain.signature_cache.hits == 4 * ACCOUNTS
+    assert chain.ahead.process.verified_by_process == 0  # nothing was sent

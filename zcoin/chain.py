@@ -202,7 +202,7 @@ class Chain:
         self.signature_checks = SignatureCheckQueue()
         self.signature_cache = SignatureCache()  # the mempool's (the node gives it to its pool)
         self._verify_block = self.signature_cache.verifier(self.signature_checks)
-        self.ahead = ChecksAhead(params)
+        self.ahead = ChecksAhead(params, cache=self.signature_cache)
         store.call_on_close(self.signature_checks.close)  # whoever closes the store stops the workers
         store.call_on_close(self.ahead.close)
         self._load()

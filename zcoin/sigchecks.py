@@ -107,18 +107,23 @@ class SignatureCache:
         while len(entries) > self.max_entries:
             entries.popitem(last=False)
 
+    def unseen(self, checks: Sequence[SignatureCheck]) -> list[int]:
+        """The positions in ``checks`` of those not remembered; the remembered ones are used up."""
+        entries = self._entries
+        unseen = []
+        for position, check in enumerate(checks):
+            try:
+                del entries[check.msg32 + check.pubkey + check.signature]
+            except KeyError:
+                unseen.append(position)
+        self.hits += len(checks) - len(unseen)
+        return unseen
+
     def verifier(self, verify: SignatureVerifier) -> SignatureVerifier:
         """``verify``, for the checks not remembered (a :data:`SignatureVerifier` of the same answers)."""
-        entries = self._entries
 
         def verify_unseen(checks: Sequence[SignatureCheck]) -> int | None:
-            unseen = []  # positions in ``checks``
-            for position, check in enumerate(checks):
-                try:
-                    del entries[check.msg32 + check.pubkey + check.signature]
-                except KeyError:
-                    unseen.append(position)
-            self.hits += len(checks) - len(unseen)
+            unseen = self.unseen(checks)
             if not unseen:
                 return None
             if len(unseen) == len(checks):
@@ -410,7 +415,8 @@ class ChecksAhead:
 
     :meth:`check` runs ``check_block`` and ``connect_block`` over the run of blocks that
     extends the tip, one after the other over a :class:`UtxoOverlay` of the store, and
-    submits each block's signatures to the :class:`SignatureCheckProcess`.  The chain then
+    submits each block's signatures to the :class:`SignatureCheckProcess` (those the signature
+    cache holds, the mempool's, need no verify and are not sent).  The chain then
     adds the blocks one by one: :meth:`passed_check_block` spares it ``check_block`` again,
     and :meth:`diff` gives it what ``connect_block`` found once the block's signatures
     passed.  That diff holds whenever the block connects, since the UTXO set at a block's
@@ -420,9 +426,11 @@ class ChecksAhead:
     (judged again when it is added).  A reply with fewer than ``min_signatures`` is left alone.
     """
 
-    def __init__(self, params: ChainParams, min_signatures: int = AHEAD_MIN_SIGNATURES) -> None:
+    def __init__(self, params: ChainParams, min_signatures: int = AHEAD_MIN_SIGNATURES,
+                 cache: SignatureCache | None = None) -> None:
         self.params = params
         self.min_signatures = min_signatures
+        self.cache = cache
         self.process = SignatureCheckProcess()
         self._blocks: dict[bytes, _CheckedAhead] = {}
 
@@ -444,6 +452,8 @@ class ChecksAhead:
                 diff = connect_block(block, height + 1, view, self.params, checks.extend)  # kept, not verified
             except E.ValidationError:
                 break
+            if self.cache is not None:
+                checks = [checks[position] for position in self.cache.unseen(checks)]
             self._blocks[block.hash] = _CheckedAhead(block, diff, checks, self.process.submit(checks))
             view.apply(diff)
             prev_hash, height = block.hash, height + 1
