@@ -123,6 +123,8 @@ class SignatureCache:
         """``verify``, for the checks not remembered (a :data:`SignatureVerifier` of the same answers)."""
 
         def verify_unseen(checks: Sequence[SignatureCheck]) -> int | None:
+            if not self._entries:
+                return verify(checks)
             unseen = self.unseen(checks)
             if not unseen:
                 return None
@@ -452,7 +454,7 @@ class ChecksAhead:
                 diff = connect_block(block, height + 1, view, self.params, checks.extend)  # kept, not verified
             except E.ValidationError:
                 break
-            if self.cache is not None:
+            if self.cache:  # an empty one (a syncing node's) costs nothing
                 checks = [checks[position] for position in self.cache.unseen(checks)]
             self._blocks[block.hash] = _CheckedAhead(block, diff, checks, self.process.submit(checks))
             view.apply(diff)
