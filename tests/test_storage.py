@@ -450,3 +450,19 @@ def test_address_index_is_kept_per_block_in_chain_order_undone_on_disconnect_and
     store.disconnect(block, 1)
     assert [h[1] for h in store.history_of(PARAMS.dev_pubkey(1))] == [0]
     store.close()
+
+
+def test_undo_data_is_a_msgpack_pair_of_coin_rows_as_stores_already_hold_it():
+    """The encoding is on disk in every store: rows of [txid, index, amount, pubkey, height, coinbase]."""
+    import msgpack
+
+    from zcoin.statecache import pack_undo, unpack_undo
+
+    spent = ((OutPoint(bytes(range(32)), 1), Coin(5_000, bytes(32), 7, True)),)
+    created = ((OutPoint(bytes(32), 0), Coin(4_000, bytes(range(32)), 9, False)),
+               (OutPoint(bytes(32), 1), Coin(1, bytes(range(32)), 9, False)))
+    diff = UtxoDiff(spent, created)
+    rows = [[[op.txid, op.index, c.amount, c.pubkey, c.height, c.coinbase] for op, c in items]
+            for items in (spent, created)]
+    assert pack_undo(diff) == msgpack.packb(rows, use_bin_type=True)
+    assert unpack_undo(pack_undo(diff)) == diff

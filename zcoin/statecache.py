@@ -22,12 +22,13 @@ class StoreError(Exception):
 
 
 def pack_undo(diff: UtxoDiff) -> bytes:
-    """A connected block's undo data: the coins its ``diff`` spent and created, as msgpack."""
+    """A connected block's undo data: the coins its ``diff`` spent and created, as msgpack.
 
-    def rows(items):
-        return [[op.txid, op.index, c.amount, c.pubkey, c.height, c.coinbase] for op, c in items]
-
-    return msgpack.packb([rows(diff.spent), rows(diff.created)], use_bin_type=True)
+    A coin's row is ``[txid, index, amount, pubkey, height, coinbase]``: its outpoint and
+    its coin, two named tuples, joined (msgpack packs a tuple as the array a list makes).
+    """
+    return msgpack.packb([[op + c for op, c in diff.spent], [op + c for op, c in diff.created]],
+                         use_bin_type=True)
 
 
 def unpack_undo(raw: bytes) -> UtxoDiff:
