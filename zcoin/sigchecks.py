@@ -94,7 +94,7 @@ class SignatureCache:
         # Insertion order, the oldest first.  Not a dict: taking a dict's first key scans the slots
         # its earlier deletions left (22 us an eviction at 100k entries, against 1.5).
         self._entries: OrderedDict[bytes, None] = OrderedDict()
-        self.hits = 0  # checks a block did not verify, for tests and benchmarks
+        self.hits = 0  # checks a block did not verify (the status reply counts them)
 
     def __len__(self) -> int:
         return len(self._entries)
