@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import random
 import statistics
@@ -69,6 +70,7 @@ from zcoin.storage import DEFAULT_SYNCHRONOUS, FLUSH_EVERY_BLOCKS, MAX_CACHE_ENT
 
 TEMPLATE_GOAL_MS = 50.0
 FEE = 1_000
+OUTPUTS_PER_SPLIT = 2000  # one split transaction stays under max_tx_bytes (about 76 kB)
 
 
 def build_blocks(params: ChainParams, blocks: int, txs_per_block: int) -> tuple[list[Block], list[tuple]]:
@@ -99,31 +101,38 @@ def build_blocks(params: ChainParams, blocks: int, txs_per_block: int) -> tuple[
     return chain[1:], verifies
 
 
-def build_pool_block(params: ChainParams, count: int) -> tuple[Block, Block]:
-    """A block splitting the development funds into ``count`` outputs, and a block of ``count`` transfers of them."""
+def presign(params: ChainParams, count: int, *, fee: int = FEE) -> tuple[Block, list[Transaction]]:
+    """A block on genesis splitting development funds into ``count`` outputs, and one spend of each
+    (``fee`` each), the accounts interleaved."""
+    accounts = math.ceil(count / OUTPUTS_PER_SPLIT)
+    if accounts > params.dev_accounts:
+        raise SystemExit(f"at most {params.dev_accounts * OUTPUTS_PER_SPLIT} transactions (lower --rate or --seconds)")
     genesis = params.genesis
-    keys = [dev_secret_key(i) for i in range(params.dev_accounts)]
-    splits, transfers = [], []
-    for account in range(params.dev_accounts):
-        outputs = count // params.dev_accounts + (account < count % params.dev_accounts)
-        each = (params.dev_account_amount - FEE) // outputs
-        pubkey = params.dev_pubkey(account)
-        split = sign_transaction([(OutPoint(genesis.txs[0].txid, account), keys[account])], [TxOut(each, pubkey)] * outputs)
+    splits, spends = [], []
+    for account in range(accounts):
+        key, pubkey = dev_secret_key(account), params.dev_pubkey(account)
+        outputs = min(OUTPUTS_PER_SPLIT, count - account * OUTPUTS_PER_SPLIT)
+        each = (params.dev_account_amount - fee) // outputs
+        split = sign_transaction([(OutPoint(genesis.txs[0].txid, account), key)], [TxOut(each, pubkey)] * outputs)
         splits.append(split)
-        transfers += [sign_transaction([(OutPoint(split.txid, i), keys[account])], [TxOut(each - FEE, pubkey)])
-                      for i in range(outputs)]
-    first = solve(new_template(params, genesis.hash, 1, params.genesis_bits, genesis.header.time + 1,
-                               params.dev_pubkey(9), splits, FEE * len(splits)), max_tries=1 << 16)
-    second = solve(new_template(params, first.hash, 2, params.genesis_bits, first.header.time + 1,
-                                params.dev_pubkey(9), transfers, FEE * len(transfers)), max_tries=1 << 16)
-    return first, second
+        to = params.dev_pubkey((account + 1) % params.dev_accounts)
+        spends.extend(sign_transaction([(OutPoint(split.txid, i), key)], [TxOut(each - fee, to)])
+                      for i in range(outputs))
+    fees = sum(params.dev_account_amount - sum(o.amount for o in s.outputs) for s in splits)
+    template = new_template(params, genesis.hash, 1, params.genesis_bits, genesis.header.time + 1,
+                            params.dev_pubkey(9), splits, fees)
+    # Interleave the accounts so that consecutive pushes spend different split transactions.
+    order = sorted(range(len(spends)), key=lambda i: (i % OUTPUTS_PER_SPLIT, i // OUTPUTS_PER_SPLIT))
+    return solve(template), [spends[i] for i in order]
 
 
 def bench_block_from_pool(params: ChainParams, count: int, repeats: int = 3) -> dict:
     """A block of ``count`` transfers from the gossip (a commit of its own, signatures on two threads),
     connected by a node that has them all in its mempool (their signatures remembered), next to the
     same block connected by a node that has never seen them; both on fresh stores, alternating."""
-    first, block = build_pool_block(params, count)
+    first, transfers = presign(params, count)
+    block = solve(new_template(params, first.hash, 2, params.genesis_bits, first.header.time + 1,
+                               params.dev_pubkey(9), transfers, FEE * len(transfers)), max_tries=1 << 16)
     now = block.header.time + 60
     times: dict[str, list[float]] = {"unseen": [], "from_pool": []}
     skipped = []

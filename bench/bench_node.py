@@ -65,7 +65,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from bench_chain import build_blocks  # noqa: E402  (bench/ is this script's directory)
+from bench_chain import build_blocks, presign  # noqa: E402  (bench/ is this script's directory)
 from nodebench_util import (HWM, Daemon, connect_as_sync, cpu_times, log_records, node_endpoints,  # noqa: E402
                             percentiles, start_miner, start_pubsub, start_tracker, stop_all, wait_until)
 
@@ -73,46 +73,17 @@ from zcoin import wire  # noqa: E402
 from zcoin.chain import Chain  # noqa: E402
 from zcoin.client import NodeClient  # noqa: E402
 from zcoin.sockets import Envelope  # noqa: E402
-from zcoin.consensus.builders import new_template, sign_transaction, solve  # noqa: E402
-from zcoin.consensus.params import REGTEST, ChainParams, dev_secret_key  # noqa: E402
-from zcoin.consensus.primitives import Block, OutPoint, Transaction, TxOut, sighash  # noqa: E402
+from zcoin.consensus.params import REGTEST, ChainParams  # noqa: E402
+from zcoin.consensus.primitives import Block, Transaction, sighash  # noqa: E402
 from zcoin.storage import ChainStore  # noqa: E402
 
 PROPAGATION_GOAL_P99_MS = 50.0
 SYNC_GOAL_RATIO = 0.7
-OUTPUTS_PER_SPLIT = 2000  # one split transaction stays under max_tx_bytes (about 76 kB)
 FEE = 200
 WARMUP_TXS = 50  # pushed first, slowly, until every observer sees them (subscriptions are up)
 SETTLE_S = 0.5  # idle time between segments (the nodes finish the duplicates of the last relays)
 NODE_NAMES = ("a", "b", "c", "d")
 CLIENT_TIMEOUT_S = 30.0
-
-
-# --- transactions ------------------------------------------------------------------
-
-
-def presign(params: ChainParams, count: int) -> tuple[Block, list[Transaction]]:
-    """A block on genesis splitting development funds into ``count`` outputs, and one spend of each."""
-    accounts = math.ceil(count / OUTPUTS_PER_SPLIT)
-    if accounts > params.dev_accounts:
-        raise SystemExit(f"at most {params.dev_accounts * OUTPUTS_PER_SPLIT} transactions (lower --rate or --seconds)")
-    genesis = params.genesis
-    splits, spends = [], []
-    for account in range(accounts):
-        key, pubkey = dev_secret_key(account), params.dev_pubkey(account)
-        outputs = min(OUTPUTS_PER_SPLIT, count - account * OUTPUTS_PER_SPLIT)
-        each = (params.dev_account_amount - FEE) // outputs
-        split = sign_transaction([(OutPoint(genesis.txs[0].txid, account), key)], [TxOut(each, pubkey)] * outputs)
-        splits.append(split)
-        to = params.dev_pubkey((account + 1) % params.dev_accounts)
-        spends.extend(sign_transaction([(OutPoint(split.txid, i), key)], [TxOut(each - FEE, to)])
-                      for i in range(outputs))
-    fees = sum(params.dev_account_amount - sum(o.amount for o in s.outputs) for s in splits)
-    template = new_template(params, genesis.hash, 1, params.genesis_bits, genesis.header.time + 1,
-                            params.dev_pubkey(9), splits, fees)
-    # Interleave the accounts so that consecutive pushes spend different split transactions.
-    order = sorted(range(len(spends)), key=lambda i: (i % OUTPUTS_PER_SPLIT, i // OUTPUTS_PER_SPLIT))
-    return solve(template), [spends[i] for i in order]
 
 
 # --- one measured segment ---------------------------------------------------------------
@@ -290,7 +261,7 @@ def bench_propagation(args, workdir: Path, daemons: list[Daemon]) -> dict:
         relays[name], relay_daemons[name] = endpoints, relay
 
     started = time.perf_counter()
-    split_block, txs = presign(params, total)  # while the daemons start
+    split_block, txs = presign(params, total, fee=FEE)  # while the daemons start
     sign_s = time.perf_counter() - started
 
     endpoints = {name: node_endpoints(daemon, data_dir) for name, (daemon, data_dir) in nodes.items()}
