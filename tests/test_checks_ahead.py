@@ -17,11 +17,12 @@ import signal
 import pytest
 
 from support.chain import NOW, Builder, open_chain
-from support.payments import dev_key, premine_spend, random_checks, respend_both, with_bad_signature
+from support.payments import dev_key, premine_spend, random_spends, respend_both, with_bad_signature
 from support.payments import pay as sign_payment
 from zcoin.consensus import errors as E
 from zcoin.consensus.primitives import Block, OutPoint
-from zcoin.consensus.validation import SignatureCheck, first_invalid_signature
+from zcoin.consensus.validation import Spend, first_invalid_signature, signature_checks
+from zcoin import sigchecks
 from zcoin.sigchecks import SignatureCheckProcess
 
 ACCOUNTS = 8
@@ -80,8 +81,20 @@ def _start_and_wait(process: SignatureCheckProcess) -> None:
     assert process.start(wait=True)
 
 
+@pytest.fixture
+def all_sent(monkeypatch):
+    """Every job goes to the process at once: none is left for the caller to verify while it waits
+    for an answer, so the process's verdicts can be counted."""
+    monkeypatch.setattr(sigchecks, "MAX_IN_FLIGHT", 10**6)
+    return True
+
+
+@pytest.mark.parametrize("every_job_sent", [False, True], ids=["shared", "all-sent"])
 @pytest.mark.parametrize("bad", [None, (0, 0, 0), (2, 5, 1), (4, 7, 0)])
-def test_a_reply_checked_ahead_ends_where_adding_its_blocks_one_by_one_ends(tmp_path, bad):
+def test_a_reply_checked_ahead_ends_where_adding_its_blocks_one_by_one_ends(tmp_path, monkeypatch, bad,
+                                                                           every_job_sent):
+    if every_job_sent:
+        monkeypatch.setattr(sigchecks, "MAX_IN_FLIGHT", 10**6)
     builder, reply = _reply(bad)
     ahead = _run(tmp_path, "ahead", builder, reply, ahead=True, prepare=_start_and_wait)
     alone = _run(tmp_path, "alone", builder, reply, ahead=False)
@@ -90,14 +103,17 @@ def test_a_reply_checked_ahead_ends_where_adding_its_blocks_one_by_one_ends(tmp_
     if bad is None:
         assert [o[0] for o in outcomes] == ["connected"] * len(reply)
         assert ahead[1] == reply[-1].hash
-        assert ahead[3].verified_by_process == len(reply)  # every verdict came from the process
+        if every_job_sent:
+            assert ahead[3].verified_by_process == len(reply)  # every verdict came from the process
+        else:  # the caller verified some while it waited: 2 blocks' worth are in flight at a time
+            assert 0 < ahead[3].verified_by_process < len(reply)
     else:
         block, tx, index = bad
         assert outcomes[block] == ("bad tx", "bad-txns-signature", {"txid": reply[block].txs[tx + 1].txid_hex,
                                                                     "index": index})
         assert all(o[0] == "connected" for o in outcomes[:block])
-        # The process said "valid" for the blocks before, "not all valid" for this one; no one asked after it.
-        assert ahead[3].verified_by_process == block + 1
+        if every_job_sent:  # the process said "valid" for the blocks before, "not all valid" for this one
+            assert ahead[3].verified_by_process == block + 1  # and no one asked after it
         # Its child is refused, and the blocks after that wait for a parent that never came in.
         assert outcomes[block + 1:] == [("invalid", "bad-prevblk"), *[("orphaned",)] * 3][:len(reply) - block - 1]
         assert ahead[1] == (reply[block - 1].hash if block else builder.blocks[1].hash)
@@ -122,7 +138,7 @@ def test_a_block_breaking_another_rule_ends_the_run_checked_ahead_and_is_judged_
     assert ahead[3].verified_by_process == 1  # the block before it; none after it was checked ahead
 
 
-def test_answers_dropped_with_one_reply_do_not_stray_into_the_next(tmp_path):
+def test_answers_dropped_with_one_reply_do_not_stray_into_the_next(tmp_path, all_sent):
     builder, bad_reply = _reply((0, 2, 0))  # the first block fails: the other four are answered for nothing
     good = builder.fork(1, b"good")
     txs = list(builder.blocks[1].txs[1:])
@@ -155,14 +171,25 @@ def test_checks_sent_while_the_process_starts_are_verified_by_the_caller(tmp_pat
     assert ahead[4] and ahead[3].verified_by_process == 0
 
 
-def _random_jobs(seed: int, jobs: int) -> list[list[SignatureCheck]]:
+def _random_jobs(seed: int, jobs: int) -> list[list[Spend]]:
+    """Blocks' worth of spends, each fewer signatures than a job holds (one job a block)."""
     rng = random.Random(seed)
     result = []
     for _ in range(jobs):
         count = rng.randrange(1, 10)
         bad = {rng.randrange(count) for _ in range(rng.choice([0, 0, 1, 2]))}
-        result.append(random_checks(rng, count, bad))
+        result.append(random_spends(rng, count, bad))
     return result
+
+
+def _sequential(spends: list[Spend]) -> bool:
+    """The verdict of the sequential verifier on this thread."""
+    return first_invalid_signature([check for tx, keys in spends for check in signature_checks(tx, keys)]) is None
+
+
+def _verdicts(process: SignatureCheckProcess, jobs: list[list[Spend]]) -> list[bool]:
+    submitted = [process.submit(spends) for spends in jobs]
+    return [process.passed(handle) for handle in submitted]
 
 
 @pytest.fixture
@@ -172,26 +199,22 @@ def process():
     process.close()
 
 
-def test_the_process_says_what_the_sequential_verifier_says(process):
+def test_the_process_says_what_the_sequential_verifier_says(process, all_sent):
     assert process.start(wait=True)
-    jobs = _random_jobs(3, 30)
-    tickets = [process.submit(checks) for checks in jobs]
-    assert [process.passed(t, c) for t, c in zip(tickets, jobs)] == \
-           [first_invalid_signature(checks) is None for checks in jobs]
-    assert {first_invalid_signature(checks) is None for checks in jobs} == {True, False}  # both kinds were asked
-    # Every job but those with a signature of the wrong length (never sent) was answered by the process.
-    assert process.verified_by_process == sum(all(len(c.signature) == 64 for c in checks) for checks in jobs)
+    jobs = _random_jobs(3, 12)  # 15 KB in all: every job fits in the pipe at once
+    assert _verdicts(process, jobs) == [_sequential(spends) for spends in jobs]
+    assert {_sequential(spends) for spends in jobs} == {True, False}  # both kinds were asked
+    assert process.verified_by_process == len(jobs)  # every verdict came from the process
 
 
 def test_a_killed_process_is_given_up_and_the_caller_verifies_alone(process):
     assert process.start(wait=True)
     pid = process.pid
     jobs = _random_jobs(4, 12)
-    tickets = [process.submit(checks) for checks in jobs[:6]]
+    submitted = [process.submit(spends) for spends in jobs[:6]]
     os.kill(pid, signal.SIGKILL)
-    tickets += [process.submit(checks) for checks in jobs[6:]]
-    assert [process.passed(t, c) for t, c in zip(tickets, jobs)] == \
-           [first_invalid_signature(checks) is None for checks in jobs]
+    submitted += [process.submit(spends) for spends in jobs[6:]]
+    assert [process.passed(handle) for handle in submitted] == [_sequential(spends) for spends in jobs]
     assert not process.running
     assert process.start() is False  # for good: a process that died once is not started again
 
@@ -203,9 +226,7 @@ def test_a_frozen_process_is_given_up_after_the_answer_timeout():
         pid = process.pid
         os.kill(pid, signal.SIGSTOP)
         jobs = _random_jobs(5, 3)
-        tickets = [process.submit(checks) for checks in jobs]
-        assert [process.passed(t, c) for t, c in zip(tickets, jobs)] == \
-               [first_invalid_signature(checks) is None for checks in jobs]
+        assert _verdicts(process, jobs) == [_sequential(spends) for spends in jobs]
         assert not process.running
         with pytest.raises(ProcessLookupError):  # killed and reaped, not left stopped
             os.kill(pid, 0)
@@ -235,15 +256,15 @@ def test_the_process_starts_on_a_large_reply_only_and_stops_with_the_store(tmp_p
 def test_blocks_of_more_checks_than_the_pipes_hold_are_shared_with_the_caller(process):
     assert process.start(wait=True)
     rng = random.Random(8)
-    good = random_checks(rng, 300, set())
-    blocks = [good, good[:200] + random_checks(rng, 100, {97}), good[::-1], good[:130]]
-    tickets = [process.submit(checks) for checks in blocks]  # 1,030 checks: most wait to be sent
-    assert [process.passed(t, c) for t, c in zip(tickets, blocks)] == [True, False, True, True]
+    good = random_spends(rng, 300, set())
+    blocks = [good, good[:200] + random_spends(rng, 100, {97}), good[::-1], good[:130]]
+    submitted = [process.submit(spends) for spends in blocks]  # 1,030 transactions: most wait to be sent
+    assert [process.passed(handle) for handle in submitted] == [True, False, True, True]
     # Some jobs came back from the process, the others this thread took before they were sent.
-    assert 0 < process.verified_by_process < sum(len(t) for t in tickets)
+    assert 0 < process.verified_by_process < sum(len(handle) for handle in submitted)
 
 
-def test_the_process_runs_this_zcoin_not_one_in_the_working_directory(tmp_path, monkeypatch):
+def test_the_process_runs_this_zcoin_not_one_in_the_working_directory(tmp_path, monkeypatch, all_sent):
     impostor = tmp_path / "zcoin"
     impostor.mkdir()
     (impostor / "__init__.py").write_text("")
@@ -253,10 +274,8 @@ def test_the_process_runs_this_zcoin_not_one_in_the_working_directory(tmp_path, 
     try:
         assert process.start(wait=True)
         jobs = _random_jobs(6, 4)
-        tickets = [process.submit(checks) for checks in jobs]
-        assert [process.passed(t, c) for t, c in zip(tickets, jobs)] == \
-               [first_invalid_signature(checks) is None for checks in jobs]
-        assert process.verified_by_process == sum(all(len(c.signature) == 64 for c in checks) for checks in jobs)
+        assert _verdicts(process, jobs) == [_sequential(spends) for spends in jobs]
+        assert process.verified_by_process == len(jobs)
     finally:
         process.close()
 
@@ -267,9 +286,7 @@ def test_group_signals_leave_the_process_to_its_node_which_ends_it_by_closing_th
     for signum in (signal.SIGINT, signal.SIGTERM):  # what Ctrl-C and honcho send the whole group
         os.kill(pid, signum)
     jobs = _random_jobs(7, 3)
-    tickets = [process.submit(checks) for checks in jobs]
-    assert [process.passed(t, c) for t, c in zip(tickets, jobs)] == \
-           [first_invalid_signature(checks) is None for checks in jobs]
+    assert _verdicts(process, jobs) == [_sequential(spends) for spends in jobs]
     assert process.running and process.verified_by_process > 0
     process.close()
     with pytest.raises(ProcessLookupError):
@@ -281,7 +298,5 @@ def test_an_answer_out_of_turn_gives_the_process_up_and_the_caller_verifies_alon
     process._take(1)  # an answer with nothing sent: the pipes' framing cannot be trusted any more
     assert not process.running
     jobs = _random_jobs(9, 3)
-    tickets = [process.submit(checks) for checks in jobs]
-    assert [process.passed(t, c) for t, c in zip(tickets, jobs)] == \
-           [first_invalid_signature(checks) is None for checks in jobs]
+    assert _verdicts(process, jobs) == [_sequential(spends) for spends in jobs]
     assert process.verified_by_process == 0 and process.start() is False

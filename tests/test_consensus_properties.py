@@ -5,11 +5,15 @@
   accept re-encodes to exactly the input.
 - Validators never fail with anything but their own error tree.
 - Valid transactions, headers and blocks round-trip exactly.
+- A transaction's sighash digest, worked out from its encoding, is the SHA-256 of
+  the same transaction with every signature empty.
 - Connecting random valid blocks and disconnecting them again restores the exact
   UTXO set, and what connecting yields equals a from-scratch computation.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import msgpack
 from hypothesis import HealthCheck, given, settings
@@ -29,6 +33,7 @@ from zcoin.consensus.primitives import (
     Transaction,
     TxIn,
     TxOut,
+    sighash_digest_and_signatures,
 )
 from zcoin.consensus.validation import (
     Coin,
@@ -112,6 +117,15 @@ def test_transaction_round_trips_exactly(tx):
     assert again == tx
     assert again.raw == tx.raw
     assert again.txid == tx.txid
+
+
+@FUZZ
+@given(transactions)
+def test_the_sighash_digest_is_the_hash_of_the_transaction_with_every_signature_empty(tx):
+    blanked = Transaction(tx.version, tuple(TxIn(txin.prev, b"") for txin in tx.inputs), tx.outputs)
+    digest, signatures = sighash_digest_and_signatures(tx.raw)
+    assert digest == tx.sighash_digest() == hashlib.sha256(blanked.raw).digest()
+    assert signatures == [txin.signature for txin in tx.inputs]
 
 
 @FUZZ

@@ -9,8 +9,9 @@ interpreter: two ways to spend the second core on them.
   caller waits for the worker's half, which frees the GIL for it.
 - :class:`SignatureCheckProcess`, for a sync reply of many blocks (:class:`ChecksAhead`):
   the chain manager checks every other rule of the blocks first and sends their
-  signatures to a process of its own, then stores the blocks one by one while the process
-  verifies.  A thread would not do here: while the chain manager runs Python, a thread
+  transactions, with the keys of the coins they spend, to a process of its own, then
+  stores the blocks one by one while the process works out what each input signs and
+  verifies it.  A thread would not do here: while the chain manager runs Python, a thread
   waiting for the GIL gets it once per switch interval (5 ms), so it verified one
   signature in 4.3 ms (measured) instead of 56 us.
 
@@ -38,21 +39,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgpack
 from loguru import logger
 
 from zcoin.consensus import errors as E
-from zcoin.consensus.crypto import schnorr_verify
 from zcoin.consensus.params import ChainParams
-from zcoin.consensus.primitives import SIGNATURE_BYTES, Block
+from zcoin.consensus.primitives import PUBKEY_BYTES, Block, sighash, sighash_digest_and_signatures
 from zcoin.consensus.validation import (
     SignatureCheck,
     SignatureVerifier,
+    Spend,
     UtxoDiff,
     UtxoOverlay,
     UtxoView,
     check_block,
-    connect_block,
+    connect_block_unsigned,
     first_invalid_signature,
+    signature_checks,
 )
 
 # A verify costs some 60 us, a hand-off to the worker and back some 20 us.  Measured on 2 cores with
@@ -60,16 +63,19 @@ from zcoin.consensus.validation import (
 # the second core busy it gains nothing, so only blocks with a few verifies per thread are split.
 PARALLEL_MIN_SIGNATURES = 4
 
-# The process costs a fifth of a second of the other core to start (once) and 2-3 us per signature
+# The process costs a fifth of a second of the other core to start (once) and a few us per transaction
 # to send; a reply with fewer signatures than this is checked block by block, as single blocks are.
 AHEAD_MIN_SIGNATURES = 64
-# Signatures sent and not yet answered: 128 bytes each, so at most 32 KB waits in the pipe, and never
-# more than half of what the pipe holds (64 KB on Linux unless the system is short of pipe memory; it
-# is asked at the start), so a send never blocks.  The rest wait to be sent, in jobs of at most 64.
-MAX_IN_FLIGHT = 256
-JOB_CHECKS = 64
+# A block's transactions go in jobs of at most JOB_SIGNATURES signatures (a transaction with more goes
+# alone).  Jobs sent and not yet answered hold at most MAX_IN_FLIGHT signatures (one job, whatever its
+# size, when none is in flight): about 2 ms of the process's work, so that the caller, rather than
+# wait for an answer, verifies the newest jobs still unsent itself and the two cores share the
+# signatures (with everything sent at once, replays were ~10% slower: the caller waited).  And they
+# fill at most half of what the pipe holds (64 KB on Linux unless the system is short of pipe memory;
+# it is asked at the start), so a send never blocks; a job larger than that is the caller's.
+JOB_SIGNATURES = 64
+MAX_IN_FLIGHT = 32
 ASSUMED_PIPE_BYTES = 16 * 1024  # where the pipe's size cannot be asked (macOS starts at 16 KB)
-_RECORD = 32 + 32 + SIGNATURE_BYTES  # message, key, signature
 # The caller waits this long for an answer the process owes before it gives up on the process
 # (stopped, swapped out, wedged) and verifies alone from then on.
 ANSWER_TIMEOUT_S = 10.0
@@ -192,25 +198,33 @@ class SignatureCheckQueue:
             self._worker = None
 
 
-class SignatureCheckProcess:
-    """Verifies checks in a process of its own while the caller goes on.
+Submitted = list[tuple[int, list[Spend]]]
+"""What :meth:`SignatureCheckProcess.submit` returns: each job's ticket and spends."""
 
-    :meth:`submit` hands over one block's checks and returns at once; :meth:`passed`
-    later says whether they are all valid.  The checks travel in jobs of at most
-    ``JOB_CHECKS``, answered in order, and at most ``MAX_IN_FLIGHT`` checks (and half the
-    pipe) are in the pipes at a time; the rest wait in this object and go as answers come
-    back.  :meth:`passed` verifies itself the jobs of its block not sent yet, and those
-    sent while the process was still starting (the process answers them anyway; the
-    answers are dropped); for the others it waits.  A process that dies, answers out of
-    turn, takes a short write, or owes an answer for ``answer_timeout`` seconds, is given
-    up for good: the caller verifies alone from then on.  Started by :meth:`start`,
-    stopped by :meth:`close`.
+
+class SignatureCheckProcess:
+    """Verifies the signatures of transactions in a process of its own while the caller goes on.
+
+    :meth:`submit` hands over one block's spends (each transaction with the keys of the
+    coins it spends) and returns at once; :meth:`passed` later says whether all their
+    signatures are valid.  The process works out what each input signs (the sighash) and
+    verifies it, so the caller does neither.  The spends travel in jobs of at most
+    ``JOB_SIGNATURES`` signatures, answered in order, and at most ``MAX_IN_FLIGHT``
+    signatures (and half the pipe) are in flight at a time; the rest wait in this object and
+    go as answers come back.  :meth:`passed` verifies itself the jobs of its block not sent
+    yet, and those sent while the process was still starting (the process answers them
+    anyway; the answers are dropped); for the others it waits, verifying meanwhile the
+    newest jobs not sent yet (the process takes the oldest).  A process that dies, answers out of turn, takes a
+    short write, or owes an answer for ``answer_timeout`` seconds, is given up for good:
+    the caller verifies alone from then on.  Started by :meth:`start`, stopped by
+    :meth:`close`.
 
     The process is a Python of its own running :func:`serve` (not ``multiprocessing``,
     whose spawned child first imports the parent's main script: a script without a
     ``__main__`` guard would run again in it), with this very ``zcoin`` package loaded from
-    its directory.  Its pipes carry a job as a 4-byte length and 128-byte records, and an
-    answer as one byte.
+    its directory.  Its pipes carry a job as a 4-byte length and a msgpack array of
+    ``[transaction, keys]`` pairs (its canonical encoding, and its inputs' keys joined), and
+    an answer as one byte.
     """
 
     def __init__(self, answer_timeout: float = ANSWER_TIMEOUT_S) -> None:
@@ -220,12 +234,13 @@ class SignatureCheckProcess:
         self._ready = False  # the process said it is up: from then on the caller waits for its answers
         self._failed = False
         self._tickets = itertools.count()
-        self._unsent: dict[int, bytes] = {}  # ticket -> job, in submission order
-        self._sent: deque[tuple[int, int]] = deque()  # (ticket, checks) answers owed, oldest first
+        self._unsent: dict[int, tuple[bytes, int, list[Spend]]] = {}  # ticket -> (framed job, signatures, spends)
+        self._sent: deque[tuple[int, int, int]] = deque()  # (ticket, bytes, signatures) answers owed, oldest first
         self._owed: set[int] = set()  # their tickets
-        self._in_flight = 0
-        self._max_in_flight = MAX_IN_FLIGHT
+        self._in_flight = self._signatures_in_flight = 0  # bytes, signatures
+        self._max_in_flight = ASSUMED_PIPE_BYTES // 2
         self._answers: dict[int, bool] = {}
+        self._verified_here: dict[int, bool] = {}  # jobs this thread took while it waited
         self._dropped: set[int] = set()  # sent, then verified by the caller: the answer is dropped
         self.verified_by_process = 0  # jobs whose answer the caller took
 
@@ -240,7 +255,7 @@ class SignatureCheckProcess:
     def start(self, *, wait: bool = False) -> bool:
         """Start the process if it is not running; False if it cannot run (the caller verifies alone).
 
-        ``wait``: return once it is ready to verify (else the first checks sent wait for it to start).
+        ``wait``: return once it is ready to verify (else the first jobs sent wait for it to start).
         """
         if self._process is None and not self._failed:
             self._spawn()
@@ -262,37 +277,41 @@ class SignatureCheckProcess:
             pipe_bytes = fcntl.fcntl(self._process.stdin.fileno(), fcntl.F_GETPIPE_SZ)
         except (AttributeError, OSError):  # not Linux
             pipe_bytes = ASSUMED_PIPE_BYTES
-        self._max_in_flight = min(MAX_IN_FLIGHT, pipe_bytes // 2 // (_RECORD + 4))
+        self._max_in_flight = pipe_bytes // 2
         self._poller = select.poll()
         self._poller.register(self._process.stdout.fileno(), select.POLLIN)
 
-    def submit(self, checks: Sequence[SignatureCheck]) -> list[int]:
-        """Queue ``checks`` for the process (sending what fits); the tickets :meth:`passed` takes.
+    def submit(self, spends: Sequence[Spend]) -> Submitted:
+        """Queue ``spends`` for the process (sending what fits); what :meth:`passed` takes.
 
-        Without a process, or for checks that cannot be valid (a signature of the wrong
-        length), nothing is queued: :meth:`passed` verifies them.
+        Without a process, or for a job too large for the pipe, nothing is queued:
+        :meth:`passed` verifies them.
         """
-        tickets = [next(self._tickets) for _ in range(0, len(checks), JOB_CHECKS)]
-        if self._process is None or any(len(c.signature) != SIGNATURE_BYTES or len(c.pubkey) != 32 for c in checks):
-            return tickets
-        for ticket, at in zip(tickets, range(0, len(checks), JOB_CHECKS)):
-            self._unsent[ticket] = b"".join([c.msg32 + c.pubkey + c.signature for c in checks[at:at + JOB_CHECKS]])
+        submitted = [(next(self._tickets), job) for job in _jobs(spends)]
+        if self._process is None:
+            return submitted
+        for ticket, job in submitted:
+            packed = msgpack.packb([(tx.raw, b"".join(pubkeys)) for tx, pubkeys in job])
+            if len(packed) + 4 <= self._max_in_flight:
+                signatures = sum(len(pubkeys) for _, pubkeys in job)
+                self._unsent[ticket] = (len(packed).to_bytes(4, "little") + packed, signatures, job)
         self._collect(0)
-        return tickets
+        return submitted
 
-    def passed(self, tickets: list[int], checks: Sequence[SignatureCheck]) -> bool:
-        """True if all ``checks`` (as submitted, with their ``tickets``) are valid."""
+    def passed(self, submitted: Submitted) -> bool:
+        """True if all the signatures of the spends :meth:`submit` took (and returned as ``submitted``) are valid."""
         self._collect(0)
-        jobs = zip(tickets, (checks[at:at + JOB_CHECKS] for at in range(0, len(checks), JOB_CHECKS)))
         valid, left = True, []
-        for ticket, job in jobs:  # jobs not sent yet are this thread's, checked while the process works
+        for ticket, job in submitted:  # jobs not sent yet are this thread's, checked while the process works
             if self._unsent.pop(ticket, None) is None:
                 left.append((ticket, job))
             elif valid:
-                valid = first_invalid_signature(job) is None
+                valid = _all_valid(job)
         for ticket, job in left:
             while valid and self._ready and ticket in self._owed:
-                if not self._collect(self.answer_timeout):
+                if self._verify_newest_unsent():  # rather than wait: the process takes the oldest
+                    self._collect(0)
+                elif not self._collect(self.answer_timeout):
                     self._give_up(f"no answer from the signature process in {self.answer_timeout:g} s")
             if ticket in self._owed:  # sent while the process was starting (or no longer needed): not waited for
                 self._dropped.add(ticket)
@@ -300,14 +319,25 @@ class SignatureCheckProcess:
             if answer is not None:
                 self.verified_by_process += 1
                 valid = valid and answer
+            elif (answer := self._verified_here.pop(ticket, None)) is not None:
+                valid = valid and answer
             elif valid:  # never sent, not waited for, or the process is gone
-                valid = first_invalid_signature(job) is None
+                valid = _all_valid(job)
         return valid
+
+    def _verify_newest_unsent(self) -> bool:
+        """Verify the newest job not sent yet here; False if there is none."""
+        if not self._unsent:
+            return False
+        ticket, (_, _, job) = self._unsent.popitem()
+        self._verified_here[ticket] = _all_valid(job)
+        return True
 
     def forget(self) -> None:
         """Drop what was submitted and not asked for (blocks that were not added after all)."""
         self._unsent.clear()
         self._answers.clear()
+        self._verified_here.clear()
         self._dropped.update(self._owed)
 
     def close(self, *, kill: bool = False) -> None:
@@ -317,8 +347,9 @@ class SignatureCheckProcess:
         self._unsent.clear()
         self._sent.clear()
         self._owed.clear()
-        self._in_flight = 0
+        self._in_flight = self._signatures_in_flight = 0
         self._answers.clear()
+        self._verified_here.clear()
         self._dropped.clear()
         if process is not None:
             for pipe in (process.stdin, process.stdout):
@@ -363,12 +394,11 @@ class SignatureCheckProcess:
         """Send queued jobs, oldest first, while they fit (within half the pipe: a write never blocks)."""
         while self._unsent and self._process is not None:
             ticket = next(iter(self._unsent))
-            job = self._unsent[ticket]
-            count = len(job) // _RECORD
-            if self._in_flight + count > self._max_in_flight:
+            framed, signatures, _ = self._unsent[ticket]
+            if self._in_flight + len(framed) > self._max_in_flight or \
+                    (self._signatures_in_flight and self._signatures_in_flight + signatures > MAX_IN_FLIGHT):
                 return
             del self._unsent[ticket]
-            framed = len(job).to_bytes(4, "little") + job
             try:
                 written = os.write(self._process.stdin.fileno(), framed)
             except OSError as exc:
@@ -377,9 +407,10 @@ class SignatureCheckProcess:
             if written != len(framed):  # the jobs' framing would be lost
                 self._give_up(f"short write to the signature process ({written} of {len(framed)} bytes)")
                 return
-            self._sent.append((ticket, count))
+            self._sent.append((ticket, len(framed), signatures))
             self._owed.add(ticket)
-            self._in_flight += count
+            self._in_flight += len(framed)
+            self._signatures_in_flight += signatures
 
     def _take(self, answer: int) -> None:
         if answer == _READY:
@@ -388,9 +419,10 @@ class SignatureCheckProcess:
         if not self._sent or answer not in (_VALID, _INVALID):
             self._give_up(f"an answer out of turn from the signature process ({answer})")
             return
-        ticket, count = self._sent.popleft()
+        ticket, size, signatures = self._sent.popleft()
         self._owed.discard(ticket)
-        self._in_flight -= count
+        self._in_flight -= size
+        self._signatures_in_flight -= signatures
         if ticket in self._dropped:
             self._dropped.discard(ticket)
         else:
@@ -408,17 +440,17 @@ class _CheckedAhead:
 
     block: Block
     diff: UtxoDiff
-    checks: list[SignatureCheck]
-    tickets: list[int]
+    submitted: Submitted
 
 
 class ChecksAhead:
     """A sync reply's blocks checked before the chain adds them, their signatures on the other core.
 
-    :meth:`check` runs ``check_block`` and ``connect_block`` over the run of blocks that
-    extends the tip, one after the other over a :class:`UtxoOverlay` of the store, and
-    submits each block's signatures to the :class:`SignatureCheckProcess` (those the signature
-    cache holds, the mempool's, need no verify and are not sent).  The chain then
+    :meth:`check` runs ``check_block`` and every rule of ``connect_block`` but the signatures
+    (``connect_block_unsigned``) over the run of blocks that extends the tip, one after the
+    other over a :class:`UtxoOverlay` of the store, and submits each block's spends to the
+    :class:`SignatureCheckProcess` (transactions whose signatures the signature cache holds
+    all, the mempool's, need no verify and are not sent).  The chain then
     adds the blocks one by one: :meth:`passed_check_block` spares it ``check_block`` again,
     and :meth:`diff` gives it what ``connect_block`` found once the block's signatures
     passed.  That diff holds whenever the block connects, since the UTXO set at a block's
@@ -448,15 +480,14 @@ class ChecksAhead:
         for block in blocks:
             if block.header.prev_hash != prev_hash or not is_new(block.hash):
                 break
-            checks: list[SignatureCheck] = []
             try:
                 check_block(block, self.params)
-                diff = connect_block(block, height + 1, view, self.params, checks.extend)  # kept, not verified
+                diff, spends = connect_block_unsigned(block, height + 1, view, self.params)
             except E.ValidationError:
                 break
             if self.cache:  # an empty one (a syncing node's) costs nothing
-                checks = [checks[position] for position in self.cache.unseen(checks)]
-            self._blocks[block.hash] = _CheckedAhead(block, diff, checks, self.process.submit(checks))
+                spends = [spend for spend in spends if self.cache.unseen(signature_checks(*spend))]
+            self._blocks[block.hash] = _CheckedAhead(block, diff, self.process.submit(spends))
             view.apply(diff)
             prev_hash, height = block.hash, height + 1
 
@@ -468,7 +499,7 @@ class ChecksAhead:
     def diff(self, block: Block) -> UtxoDiff | None:
         """What ``connect_block`` says of ``block`` if it was checked ahead and its signatures passed."""
         ahead = self._blocks.pop(block.hash, None)
-        if ahead is None or ahead.block is not block or not self.process.passed(ahead.tickets, ahead.checks):
+        if ahead is None or ahead.block is not block or not self.process.passed(ahead.submitted):
             return None
         return ahead.diff
 
@@ -497,6 +528,48 @@ serve()
 """
 
 
+def _jobs(spends: Sequence[Spend]) -> list[list[Spend]]:
+    """``spends`` in order, in jobs of at most ``JOB_SIGNATURES`` signatures (a larger spend alone)."""
+    jobs: list[list[Spend]] = []
+    job: list[Spend] = []
+    signatures = 0
+    for spend in spends:
+        if job and signatures + len(spend[1]) > JOB_SIGNATURES:
+            jobs.append(job)
+            job, signatures = [], 0
+        job.append(spend)
+        signatures += len(spend[1])
+    if job:
+        jobs.append(job)
+    return jobs
+
+
+def _all_valid(spends: Sequence[Spend]) -> bool:
+    """True if every signature of ``spends`` is valid (verified on this thread)."""
+    return first_invalid_signature([check for spend in spends for check in signature_checks(*spend)]) is None
+
+
+def _job_valid(job: bytes) -> bool:
+    """The process's verdict on a job: every signature of its spends valid (anything malformed is not).
+
+    It works from the encodings (``sighash_digest_and_signatures``): parsing them into
+    transactions would cost the process half as much again as the verifies.
+    """
+    try:
+        pairs = msgpack.unpackb(job)
+        checks = []
+        for raw, keys in pairs:
+            digest, signatures = sighash_digest_and_signatures(raw)
+            if len(keys) != PUBKEY_BYTES * len(signatures):
+                return False
+            checks.extend(SignatureCheck(sighash(digest, index), keys[index * PUBKEY_BYTES:(index + 1) * PUBKEY_BYTES],
+                                         signature, None, index)
+                          for index, signature in enumerate(signatures))
+    except (ValueError, TypeError, E.DecodeError):
+        return False
+    return len(checks) > 0 and first_invalid_signature(checks) is None
+
+
 def _read_exactly(fd: int, size: int) -> bytes | None:
     data = b""
     while len(data) < size:
@@ -519,12 +592,7 @@ def serve(stdin: int = 0, stdout: int = 1) -> None:
         job = _read_exactly(stdin, int.from_bytes(header, "little"))
         if job is None:
             return
-        try:
-            valid = len(job) > 0 and len(job) % _RECORD == 0 and all(
-                schnorr_verify(job[at:at + 32], job[at + 32:at + 64], job[at + 64:at + _RECORD])
-                for at in range(0, len(job), _RECORD))
-        except ValueError:
-            valid = False
+        valid = _job_valid(job)
         try:
             os.write(stdout, bytes([_VALID if valid else _INVALID]))
         except OSError:  # the node is gone

@@ -92,12 +92,36 @@ def respend_both(funding: Sequence[Transaction], *, fee: int = FEE) -> list[Tran
     return txs
 
 
-def with_bad_signature(tx: Transaction, index: int) -> Transaction:
-    """``tx`` with input ``index``'s signature damaged (its last bit flipped)."""
+def with_bad_signature(tx: Transaction, index: int, signature: bytes | None = None) -> Transaction:
+    """``tx`` with input ``index``'s signature damaged (its last bit flipped), or replaced by ``signature``."""
     inputs = list(tx.inputs)
-    signature = inputs[index].signature
-    inputs[index] = TxIn(inputs[index].prev, signature[:-1] + bytes([signature[-1] ^ 1]))
+    if signature is None:
+        signature = inputs[index].signature
+        signature = signature[:-1] + bytes([signature[-1] ^ 1])
+    inputs[index] = TxIn(inputs[index].prev, signature)
     return Transaction(tx.version, tuple(inputs), tx.outputs)
+
+
+def random_spends(rng: random.Random, count: int, bad: set[int]) -> list[tuple[Transaction, list[bytes]]]:
+    """``count`` spends: transactions of one to three inputs, of random keys and outpoints, each with the
+    keys of the coins it spends.  In those at the positions in ``bad`` one input fails: its signature
+    is zero, damaged or a byte short, or its coin's key is another."""
+    spends = []
+    for position in range(count):
+        keys = [rng.randbytes(32) for _ in range(rng.randint(1, 3))]
+        tx = pay([(OutPoint(rng.randbytes(32), rng.randrange(4)), key) for key in keys], [rng.randrange(1, 10**6)])
+        pubkeys = [schnorr_pubkey(key) for key in keys]
+        if position in bad:
+            index = rng.randrange(len(keys))
+            signature = tx.inputs[index].signature
+            damage = rng.choice(["zero", "damaged", "short", "other key"])
+            if damage == "other key":
+                pubkeys[index] = schnorr_pubkey(rng.randbytes(32))
+            else:
+                tx = with_bad_signature(tx, index, {"zero": bytes(64), "damaged": signature[:32] + rng.randbytes(32),
+                                                    "short": signature[:63]}[damage])
+        spends.append((tx, pubkeys))
+    return spends
 
 
 def random_checks(rng: random.Random, count: int, bad: set[int]) -> list[SignatureCheck]:

@@ -190,10 +190,10 @@ class Transaction:
         if type(self.outputs) is not tuple or not all(type(o) is TxOut for o in self.outputs):
             raise ValueError("outputs must be a tuple of TxOut")
 
-    def _as_list(self, blank_signatures: bool = False) -> list:
+    def _as_list(self) -> list:
         return [
             self.version,
-            [[i.prev.txid, i.prev.index, b"" if blank_signatures else i.signature] for i in self.inputs],
+            [[i.prev.txid, i.prev.index, i.signature] for i in self.inputs],
             [[o.amount, o.pubkey] for o in self.outputs],
         ]
 
@@ -235,7 +235,7 @@ class Transaction:
 
     def sighash_digest(self) -> bytes:
         """SHA-256 of the encoding with every signature blanked (shared by all inputs)."""
-        return hashlib.sha256(msgpack.packb(self._as_list(blank_signatures=True), use_bin_type=True)).digest()
+        return sighash_digest_and_signatures(self.raw)[0]
 
     @classmethod
     def parse(cls, raw: bytes) -> Transaction:
@@ -259,6 +259,19 @@ class Transaction:
         if tx.raw != raw:
             raise DecodeError("not the canonical encoding of a transaction")
         return tx
+
+
+def sighash_digest_and_signatures(raw: bytes) -> tuple[bytes, list[bytes]]:
+    """From a transaction's canonical encoding: its :meth:`~Transaction.sighash_digest`, and its
+    inputs' signatures in order.
+
+    The one definition of the digest: the encoding with every signature blanked, as the
+    transaction itself would encode with empty signatures.  It needs no :class:`Transaction`,
+    so the chain's signature process, sent encodings, builds none.
+    """
+    version, inputs, outputs = _unpack(raw)
+    blanked = [version, [[txid, index, b""] for txid, index, _ in inputs], outputs]
+    return hashlib.sha256(msgpack.packb(blanked, use_bin_type=True)).digest(), [signature for _, _, signature in inputs]
 
 
 def sighash(digest: bytes, index: int) -> bytes:

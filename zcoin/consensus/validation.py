@@ -189,7 +189,7 @@ def check_tx_inputs(tx: Transaction, view: UtxoView, spend_height: int, params: 
     """
     coins, fee = _spent_coins(tx, view, spend_height, params)
     if verify_signatures:  # last: they cost far more than every other check together
-        checks = signature_checks(tx, coins)
+        checks = signature_checks(tx, [coin.pubkey for coin in coins])
         failed = (verifier or first_invalid_signature)(checks)
         if failed is not None:
             raise checks[failed].error()
@@ -249,11 +249,11 @@ SignatureVerifier = Callable[[Sequence[SignatureCheck]], int | None]
 """Verifies checks and returns the position of the first one that fails (in their order), or None."""
 
 
-def signature_checks(tx: Transaction, coins: Sequence[Coin]) -> list[SignatureCheck]:
-    """The checks of ``tx``'s signatures, input by input; ``coins`` are the coins its inputs spend."""
+def signature_checks(tx: Transaction, pubkeys: Sequence[bytes]) -> list[SignatureCheck]:
+    """The checks of ``tx``'s signatures, input by input; ``pubkeys`` are the keys of the coins its inputs spend."""
     digest = tx.sighash_digest()
-    return [SignatureCheck(sighash(digest, index), coin.pubkey, txin.signature, tx, index)
-            for index, (txin, coin) in enumerate(zip(tx.inputs, coins))]
+    return [SignatureCheck(sighash(digest, index), pubkey, txin.signature, tx, index)
+            for index, (txin, pubkey) in enumerate(zip(tx.inputs, pubkeys))]
 
 
 def first_invalid_signature(checks: Sequence[SignatureCheck]) -> int | None:
@@ -357,6 +357,10 @@ def check_header_context(header: BlockHeader, ctx: HeaderContext, params: ChainP
                                 block=header.hash_hex)
 
 
+Spend = tuple[Transaction, list[bytes]]
+"""A transaction of a block, and the keys of the coins its inputs spend: its signatures, to verify."""
+
+
 def connect_block(block: Block, height: int, view: UtxoView, params: ChainParams,
                   verify_signatures: SignatureVerifier = first_invalid_signature) -> UtxoDiff:
     """Check ``block`` against the UTXO set at its parent and return what it changes.
@@ -369,9 +373,27 @@ def connect_block(block: Block, height: int, view: UtxoView, params: ChainParams
     The signatures are checked after every other rule, all at once, by
     ``verify_signatures``; the first one to fail in block order is reported.
     """
+    diff, spends = connect_block_unsigned(block, height, view, params)
+    checks = [check for tx, pubkeys in spends for check in signature_checks(tx, pubkeys)]
+    failed = verify_signatures(checks)
+    if failed is not None:
+        check = checks[failed]
+        exc = check.error()
+        raise E.BlockBadTx(exc, txid=check.tx.txid_hex, block=block.hash_hex) from exc
+    return diff
+
+
+def connect_block_unsigned(block: Block, height: int, view: UtxoView,
+                           params: ChainParams) -> tuple[UtxoDiff, list[Spend]]:
+    """Every rule of :func:`connect_block` but the signatures: what ``block`` changes, and its spends.
+
+    The block connects if, and only if, the signatures of every spend are then valid
+    (:func:`signature_checks`): a caller that verifies them elsewhere (the chain's
+    signature process) has the diff already.
+    """
     overlay = UtxoOverlay(view)
     spent: list[tuple[OutPoint, Coin]] = []
-    checks: list[SignatureCheck] = []
+    spends: list[Spend] = []
     fees = 0
     block_hex = block.hash_hex
     coinbase = block.txs[0]
@@ -388,7 +410,7 @@ def connect_block(block: Block, height: int, view: UtxoView, params: ChainParams
         except E.InvalidTx as exc:
             raise E.BlockBadTx(exc, txid=tx.txid_hex, block=block_hex) from exc
         fees += fee
-        checks.extend(signature_checks(tx, coins))
+        spends.append((tx, [coin.pubkey for coin in coins]))
         for txin, coin in zip(tx.inputs, coins):
             if overlay.created.pop(txin.prev, None) is None:  # one created and spent here is never in the set
                 spent.append((txin.prev, coin))
@@ -398,12 +420,7 @@ def connect_block(block: Block, height: int, view: UtxoView, params: ChainParams
     allowed = params.subsidy(height) + fees
     if reward > allowed:
         raise E.BlockBadCoinbaseAmount(f"pays {reward} > subsidy + fees {allowed}", block=block_hex)
-    failed = verify_signatures(checks)
-    if failed is not None:
-        check = checks[failed]
-        exc = check.error()
-        raise E.BlockBadTx(exc, txid=check.tx.txid_hex, block=block_hex) from exc
-    return UtxoDiff(tuple(spent), tuple(overlay.created.items()))
+    return UtxoDiff(tuple(spent), tuple(overlay.created.items())), spends
 
 
 def disconnect_block(diff: UtxoDiff) -> UtxoDiff:
