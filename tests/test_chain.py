@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from support.chain import NOW, PARAMS, Builder, add_all, assert_store_consistent, open_chain
 from support.payments import dev_key, dev_outpoint, pay, premine_spend, spend_output
-from zcoin.chain import MAX_LOCATOR_HASHES, BlockInvalidAncestor, Chain, OrphanPool, UnknownParent
+from zcoin.blocktree import MAX_LOCATOR_HASHES
+from zcoin.chain import BlockInvalidAncestor, Chain, OrphanPool, UnknownParent
 from zcoin.consensus import errors as E
 from zcoin.consensus.pow import bits_to_target, block_work, hash_meets_target
 from zcoin.consensus.primitives import Block, OutPoint, Transaction

@@ -22,8 +22,8 @@ from support.payments import pay as sign_payment
 from zcoin.consensus import errors as E
 from zcoin.consensus.primitives import Block, OutPoint
 from zcoin.consensus.validation import Spend, first_invalid_signature, signature_checks
-from zcoin import sigchecks
-from zcoin.sigchecks import SignatureCheckProcess
+from zcoin import checksahead
+from zcoin.checksahead import SignatureCheckProcess
 
 ACCOUNTS = 8
 
@@ -85,7 +85,7 @@ def _start_and_wait(process: SignatureCheckProcess) -> None:
 def all_sent(monkeypatch):
     """Every job goes to the process at once: none is left for the caller to verify while it waits
     for an answer, so the process's verdicts can be counted."""
-    monkeypatch.setattr(sigchecks, "MAX_IN_FLIGHT", 10**6)
+    monkeypatch.setattr(checksahead, "MAX_IN_FLIGHT", 10**6)
     return True
 
 
@@ -94,7 +94,7 @@ def all_sent(monkeypatch):
 def test_a_reply_checked_ahead_ends_where_adding_its_blocks_one_by_one_ends(tmp_path, monkeypatch, bad,
                                                                            every_job_sent):
     if every_job_sent:
-        monkeypatch.setattr(sigchecks, "MAX_IN_FLIGHT", 10**6)
+        monkeypatch.setattr(checksahead, "MAX_IN_FLIGHT", 10**6)
     builder, reply = _reply(bad)
     ahead = _run(tmp_path, "ahead", builder, reply, ahead=True, prepare=_start_and_wait)
     alone = _run(tmp_path, "alone", builder, reply, ahead=False)
@@ -268,7 +268,7 @@ def test_the_process_runs_this_zcoin_not_one_in_the_working_directory(tmp_path, 
     impostor = tmp_path / "zcoin"
     impostor.mkdir()
     (impostor / "__init__.py").write_text("")
-    (impostor / "sigchecks.py").write_text("import os\nos.write(1, b'R')\nwhile os.read(0, 65536):\n    os.write(1, b'\\x00')\n")
+    (impostor / "checksahead.py").write_text("import os\nos.write(1, b'R')\nwhile os.read(0, 65536):\n    os.write(1, b'\\x00')\n")
     monkeypatch.chdir(tmp_path)
     process = SignatureCheckProcess(answer_timeout=5.0)
     try:

@@ -11,6 +11,9 @@ consistent chain that the next start carries on from.  Blocks are checked
 against the store's UTXO view, which is its memory cache over the disk
 (flushed in batches; see :mod:`zcoin.storage`).
 
+What the node knows of the block tree, and the walks over it, are the
+:class:`~zcoin.blocktree.BlockTree`'s, which :class:`Chain` extends.
+
 Blocks arrive in any order.  A block whose parent is unknown waits in the
 :class:`OrphanPool` (bounded in count and bytes, oldest evicted) and the
 caller is told which ancestor to fetch; once the parent connects, the orphans
@@ -28,41 +31,31 @@ those the node's mempool verified when it took their transactions
 (:class:`~zcoin.sigchecks.SignatureCache`, as Core's signature cache).  A
 sync reply's blocks are checked ahead (:meth:`Chain.batch`): their other rules
 first, while a process of the chain's own verifies their signatures
-(:class:`~zcoin.sigchecks.ChecksAhead`).  Both stop when the chain's store is
+(:class:`~zcoin.checksahead.ChecksAhead`).  Both stop when the chain's store is
 closed.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections import OrderedDict, deque
-from collections.abc import Collection, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from loguru import logger
 
+from zcoin.blocktree import BlockTree, IndexEntry
+from zcoin.checksahead import ChecksAhead
 from zcoin.consensus import errors as E
 from zcoin.consensus.params import ChainParams
-from zcoin.consensus.pow import block_work, check_pow
+from zcoin.consensus.pow import check_pow
 from zcoin.consensus.primitives import Block, BlockHeader
-from zcoin.consensus.validation import (
-    HeaderContext,
-    check_block,
-    check_header_context,
-    connect_block,
-    median_time_past,
-    next_bits,
-    reorg_path,
-    retarget_window_start,
-)
-from zcoin.sigchecks import ChecksAhead, SignatureCache, SignatureCheckQueue
+from zcoin.consensus.validation import check_block, check_header_context, connect_block, reorg_path
+from zcoin.sigchecks import SignatureCache, SignatureCheckQueue
 from zcoin.storage import HAVE_DATA, HEADER_ONLY, INVALID, ChainStore
 
 MAX_ORPHAN_BLOCKS = 256
 MAX_ORPHAN_BYTES = 32 * 1024 * 1024
-MAX_LOCATOR_HASHES = 64
-MAX_CACHED_GAPS = 64  # sync targets (peer tips) whose path from the active chain is kept
 
 
 class BlockInvalidAncestor(E.InvalidBlock):
@@ -73,31 +66,6 @@ class BlockInvalidAncestor(E.InvalidBlock):
 
 class UnknownParent(LookupError):
     """A header whose parent is not in the index (fetch the ancestors first)."""
-
-
-@dataclass(slots=True)
-class IndexEntry:
-    """A block known to the node: its place in the tree and what is known of it."""
-
-    hash: bytes
-    prev_hash: bytes
-    height: int
-    chain_work: int
-    stored_header: BlockHeader | bytes  # as loaded from the store, the 80 bytes: parsed on first use
-    status: int
-    seq: int = 0  # arrival order: on equal work the first seen wins
-
-    @property
-    def header(self) -> BlockHeader:
-        """The header (a node starting on a long chain parses only the few it reads)."""
-        header = self.stored_header
-        if type(header) is bytes:
-            header = self.stored_header = BlockHeader.parse(header)
-        return header
-
-    @property
-    def hash_hex(self) -> str:
-        return self.hash[::-1].hex()
 
 
 @dataclass(slots=True)
@@ -192,12 +160,15 @@ class OrphanPool:
         return missing
 
 
-class Chain:
-    """A node's view of the block tree and its active chain (see the module docstring)."""
+class Chain(BlockTree):
+    """A node's view of the block tree and its active chain (see the module docstring).
+
+    What it knows, and the walks over it, are the :class:`~zcoin.blocktree.BlockTree`'s;
+    here, adding headers and blocks, and following the best chain.
+    """
 
     def __init__(self, store: ChainStore, params: ChainParams, *, orphans: OrphanPool | None = None) -> None:
-        self.store = store
-        self.params = params
+        super().__init__(store, params)
         self.orphans = orphans if orphans is not None else OrphanPool()  # an empty pool is falsy
         self.signature_checks = SignatureCheckQueue()
         self.signature_cache = SignatureCache()  # the mempool's (the node gives it to its pool)
@@ -208,52 +179,16 @@ class Chain:
         self._load()
 
     def _load(self) -> None:
-        """Read the block index and the active chain from the store."""
-        store = self.store
-        self._seq = itertools.count()
-        self.index: dict[bytes, IndexEntry] = {}
-        best, best_key = None, None
-        for block_hash, prev_hash, height, work, status, header in store.load_index():
-            entry = self.index[block_hash] = IndexEntry(block_hash, prev_hash, height, int.from_bytes(work, "big"),
-                                                        header, status, next(self._seq))
-            if status != INVALID and (best is None or entry.chain_work > best_key):  # first seen wins a tie
-                best, best_key = entry, entry.chain_work
-        self._gaps: dict[bytes, deque[IndexEntry]] = {}
-        self.active: list[bytes] = []
-        tip_hash = store.tip_hash()
-        entry = self.index[tip_hash]
-        self.active = [b""] * (entry.height + 1)
-        while True:
-            self.active[entry.height] = entry.hash
-            if entry.height == 0:
-                break
-            entry = self.index[entry.prev_hash]
+        """Read the block index and the active chain from the store; finish a reorg a crash cut short."""
+        self._load_index()
         tip_work = self.tip.chain_work
         self._candidates: set[bytes] = {
             e.hash for e in self.index.values()
             if e.chain_work > tip_work and e.status == HAVE_DATA and not self.in_active_chain(e.hash)}
-        self.best_header = best
-        if self._candidates:  # a reorg was cut short by a crash: finish it
+        if self._candidates:
             self._activate_best_chain()
 
-    # --- reading -----------------------------------------------------------------
-
-    @property
-    def tip(self) -> IndexEntry:
-        """The last block of the active chain."""
-        return self.index[self.active[-1]]
-
-    @property
-    def height(self) -> int:
-        return len(self.active) - 1
-
-    def in_active_chain(self, block_hash: bytes) -> bool:
-        entry = self.index.get(block_hash)
-        return entry is not None and entry.height < len(self.active) and self.active[entry.height] == block_hash
-
-    def entry_at(self, height: int) -> IndexEntry | None:
-        """The active chain's entry at ``height``."""
-        return self.index[self.active[height]] if 0 <= height < len(self.active) else None
+    # --- reading (the rest is the tree's) ----------------------------------------
 
     def get_block(self, block_hash: bytes) -> Block | None:
         return self.store.get_block(block_hash)
@@ -263,109 +198,7 @@ class Chain:
         entry = self.index.get(block_hash)
         return (entry is not None and entry.status == HAVE_DATA) or block_hash in self.orphans
 
-    def ancestor(self, entry: IndexEntry, height: int) -> IndexEntry:
-        """The ancestor of ``entry`` at ``height`` (walks the active chain when it can)."""
-        while entry.height > height:
-            if self.in_active_chain(entry.hash):
-                return self.index[self.active[height]]
-            entry = self.index[entry.prev_hash]
-        return entry
-
-    def header_context(self, parent: IndexEntry) -> HeaderContext:
-        """What the rules need to check a child of ``parent``."""
-        times = []
-        entry = parent
-        for _ in range(self.params.median_time_span):
-            times.append(entry.header.time)
-            if entry.height == 0:
-                break
-            entry = self.index[entry.prev_hash]
-        height = parent.height + 1
-        window_start = retarget_window_start(self.params, height)
-        window_first_time = None if window_start is None else self.ancestor(parent, window_start).header.time
-        bits = next_bits(self.params, height, parent.header.bits, parent.header.time, window_first_time)
-        return HeaderContext(parent.hash, height, bits, median_time_past(times))
-
-    def next_block_context(self) -> HeaderContext:
-        """The context a block on the current tip must satisfy (for block templates)."""
-        return self.header_context(self.tip)
-
-    def locator(self) -> list[bytes]:
-        """Block locator of the active chain: dense near the tip, then exponentially sparse, then genesis."""
-        hashes, step, height = [], 1, self.height
-        while height > 0 and len(hashes) < MAX_LOCATOR_HASHES - 1:
-            hashes.append(self.active[height])
-            if len(hashes) >= 10:
-                step *= 2
-            height -= step
-        hashes.append(self.active[0])
-        return hashes
-
-    def headers_after(self, locator: list[bytes], limit: int) -> list[BlockHeader]:
-        """Up to ``limit`` active-chain headers after the first locator hash we share (genesis if none).
-
-        The limit belongs to whoever asks (the wire protocol caps a headers reply)."""
-        start = 0
-        for block_hash in locator:
-            if self.in_active_chain(block_hash):
-                start = self.index[block_hash].height
-                break
-        end = min(len(self.active), start + 1 + max(limit, 0))
-        return [self.index[h].header for h in self.active[start + 1:end]]
-
-    def blocks_to_fetch(self, limit: int = 128, target: IndexEntry | None = None,
-                        skip: Collection[bytes] = (), stop: Collection[bytes] = ()) -> list[bytes]:
-        """Bodies missing on the way from the active chain to ``target``, oldest first.
-
-        ``target`` defaults to the best known header; a node asks with what each peer has
-        shown it, since only that peer is known to have those bodies.  Bodies that came out
-        of order are passed over, hashes in ``skip`` too (asked of someone already); the walk
-        ends at a missing body in ``stop`` (its source failed us) and at an invalid block.
-        """
-        missing: list[bytes] = []
-        for entry in self._gap(target or self.best_header):
-            if entry.status == INVALID or len(missing) >= limit:
-                break
-            if entry.status == HEADER_ONLY:
-                if entry.hash in stop:
-                    break
-                if entry.hash not in skip:
-                    missing.append(entry.hash)
-        return missing
-
-    def _gap(self, target: IndexEntry) -> deque[IndexEntry]:
-        """The entries between the active chain and ``target``, oldest first.
-
-        Sync asks for this every loop turn, so the path is kept per target and only trimmed
-        (from the left, in constant time per block: a sync of 100k blocks starts with a path
-        of 100k) as the active chain grows along it; a reorg elsewhere makes it walk again.
-        """
-        path = self._gaps.pop(target.hash, None)  # put back last: the least recently used goes first
-        if path is not None:
-            while path and self.in_active_chain(path[0].hash):
-                path.popleft()
-            if path and not self.in_active_chain(path[0].prev_hash) \
-                    or not path and not self.in_active_chain(target.hash):
-                path = None  # the active chain moved off the way to the target
-        if path is None:
-            path, entry = deque(), target
-            while not self.in_active_chain(entry.hash):
-                path.appendleft(entry)
-                entry = self.index[entry.prev_hash]
-            if len(self._gaps) >= MAX_CACHED_GAPS:
-                del self._gaps[next(iter(self._gaps))]
-        self._gaps[target.hash] = path
-        return path
-
     # --- adding ------------------------------------------------------------------
-
-    def _new_entry(self, header: BlockHeader, parent: IndexEntry, status: int) -> IndexEntry:
-        entry = IndexEntry(header.hash, header.prev_hash, parent.height + 1,
-                           parent.chain_work + block_work(header.bits), header, status, next(self._seq))
-        self.index[entry.hash] = entry
-        if entry.chain_work > self.best_header.chain_work:
-            self.best_header = entry
-        return entry
 
     def _check_header(self, header: BlockHeader, parent: IndexEntry, now: int) -> None:
         if parent.status == INVALID:
@@ -397,7 +230,7 @@ class Chain:
 
         ``blocks``, those the body will add (in order), are checked ahead: the run of them that
         extends the tip has every rule but the signatures checked at once, and its signatures are
-        verified on the other core while the body stores the blocks (:class:`~zcoin.sigchecks.ChecksAhead`).
+        verified on the other core while the body stores the blocks (:class:`~zcoin.checksahead.ChecksAhead`).
         """
         try:
             with self.store.transaction():
@@ -566,3 +399,4 @@ class Chain:
         if self.best_header.status == INVALID:
             self.best_header = max((e for e in self.index.values() if e.status != INVALID),
                                    key=lambda e: (e.chain_work, -e.seq))
+

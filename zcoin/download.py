@@ -29,7 +29,8 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from zcoin import wire
-from zcoin.chain import IndexEntry, UnknownParent
+from zcoin.blocktree import IndexEntry
+from zcoin.chain import UnknownParent
 from zcoin.config import RETRY_AFTER_STALL_MAX_S
 from zcoin.consensus import errors as E
 from zcoin.consensus.primitives import BlockHeader
