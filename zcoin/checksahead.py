@@ -81,10 +81,10 @@ class SignatureCheckProcess:
     go as answers come back.  :meth:`passed` verifies itself the jobs of its block not sent
     yet, and those sent while the process was still starting (the process answers them
     anyway; the answers are dropped); for the others it waits, verifying meanwhile the
-    newest jobs not sent yet (the process takes the oldest).  A process that dies, answers out of turn, takes a
-    short write, or owes an answer for ``answer_timeout`` seconds, is given up for good:
-    the caller verifies alone from then on.  Started by :meth:`start`, stopped by
-    :meth:`close`.
+    newest jobs not sent yet (the process takes the oldest).  A process that dies, answers
+    out of turn, takes a short write, or owes an answer for ``answer_timeout`` seconds, is
+    given up for good: the caller verifies alone from then on.  Started by :meth:`start`,
+    stopped by :meth:`close`.
 
     The process is a Python of its own running :func:`serve` (not ``multiprocessing``,
     whose spawned child first imports the parent's main script: a script without a
