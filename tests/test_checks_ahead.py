@@ -14,6 +14,7 @@ import os
 import random
 import signal
 
+import msgpack
 import pytest
 
 from support.chain import NOW, Builder, open_chain
@@ -300,3 +301,16 @@ def test_an_answer_out_of_turn_gives_the_process_up_and_the_caller_verifies_alon
     jobs = _random_jobs(9, 3)
     assert _verdicts(process, jobs) == [_sequential(spends) for spends in jobs]
     assert process.verified_by_process == 0 and process.start() is False
+
+
+def test_the_process_answers_not_valid_to_a_job_whose_keys_do_not_match_its_inputs_or_that_is_malformed():
+    spends = random_spends(random.Random(10), 3, set())
+
+    def job(keys_of) -> bytes:
+        return msgpack.packb([(tx.raw, keys_of(b"".join(keys))) for tx, keys in spends])
+
+    assert checksahead._job_valid(job(lambda keys: keys))  # the well-formed job: valid
+    for keys_of in (lambda keys: keys[:-1], lambda keys: keys[:-32], lambda keys: keys + bytes(32)):
+        assert not checksahead._job_valid(job(keys_of))  # a key short, one too few, one too many
+    assert not checksahead._job_valid(b"\xc1")  # not msgpack
+    assert not checksahead._job_valid(msgpack.packb([]))  # nothing to verify

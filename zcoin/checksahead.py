@@ -33,17 +33,18 @@ from loguru import logger
 
 from zcoin.consensus import errors as E
 from zcoin.consensus.params import ChainParams
-from zcoin.consensus.primitives import PUBKEY_BYTES, Block, sighash, sighash_digest_and_signatures
+from zcoin.consensus.primitives import PUBKEY_BYTES, Block
 from zcoin.consensus.validation import (
-    SignatureCheck,
     Spend,
     UtxoDiff,
     UtxoOverlay,
     UtxoView,
     check_block,
     connect_block_unsigned,
+    encoded_signature_checks,
     first_invalid_signature,
     signature_checks,
+    spend_checks,
 )
 from zcoin.sigchecks import SignatureCache
 
@@ -413,28 +414,23 @@ def _jobs(spends: Sequence[Spend]) -> list[list[Spend]]:
 
 def _all_valid(spends: Sequence[Spend]) -> bool:
     """True if every signature of ``spends`` is valid (verified on this thread)."""
-    return first_invalid_signature([check for spend in spends for check in signature_checks(*spend)]) is None
+    return first_invalid_signature(spend_checks(spends)) is None
 
 
 def _job_valid(job: bytes) -> bool:
     """The process's verdict on a job: every signature of its spends valid (anything malformed is not).
 
-    It works from the encodings (``sighash_digest_and_signatures``): parsing them into
+    It works from the encodings (``encoded_signature_checks``): parsing them into
     transactions would cost the process half as much again as the verifies.
     """
     try:
-        pairs = msgpack.unpackb(job)
         checks = []
-        for raw, keys in pairs:
-            digest, signatures = sighash_digest_and_signatures(raw)
-            if len(keys) != PUBKEY_BYTES * len(signatures):
-                return False
-            checks.extend(SignatureCheck(sighash(digest, index), keys[index * PUBKEY_BYTES:(index + 1) * PUBKEY_BYTES],
-                                         signature, None, index)
-                          for index, signature in enumerate(signatures))
-    except (ValueError, TypeError, E.DecodeError):
+        for raw, keys in msgpack.unpackb(job):
+            checks.extend(encoded_signature_checks(raw, [keys[at:at + PUBKEY_BYTES]
+                                                         for at in range(0, len(keys), PUBKEY_BYTES)]))
+        return len(checks) > 0 and first_invalid_signature(checks) is None
+    except (ValueError, TypeError, E.DecodeError):  # a key too many or too few, or a short one: ValueError
         return False
-    return len(checks) > 0 and first_invalid_signature(checks) is None
 
 
 def _read_exactly(fd: int, size: int) -> bytes | None:

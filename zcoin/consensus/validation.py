@@ -44,6 +44,7 @@ from zcoin.consensus.primitives import (
     Transaction,
     coinbase_height,
     sighash,
+    sighash_digest_and_signatures,
 )
 
 # --- the UTXO set ----------------------------------------------------------------
@@ -233,7 +234,7 @@ class SignatureCheck(NamedTuple):
     msg32: bytes
     pubkey: bytes
     signature: bytes
-    tx: Transaction
+    tx: Transaction | None  # None where only the encoding is at hand (the chain's signature process)
     index: int
 
     def is_valid(self) -> bool:
@@ -251,9 +252,25 @@ SignatureVerifier = Callable[[Sequence[SignatureCheck]], int | None]
 
 def signature_checks(tx: Transaction, pubkeys: Sequence[bytes]) -> list[SignatureCheck]:
     """The checks of ``tx``'s signatures, input by input; ``pubkeys`` are the keys of the coins its inputs spend."""
-    digest = tx.sighash_digest()
-    return [SignatureCheck(sighash(digest, index), pubkey, txin.signature, tx, index)
-            for index, (txin, pubkey) in enumerate(zip(tx.inputs, pubkeys))]
+    return encoded_signature_checks(tx.raw, pubkeys, tx)
+
+
+def encoded_signature_checks(raw: bytes, pubkeys: Sequence[bytes],
+                             tx: Transaction | None = None) -> list[SignatureCheck]:
+    """:func:`signature_checks` from a transaction's canonical encoding ``raw`` (``tx``: the transaction,
+    if the caller has it, for the errors).  Raises ``ValueError`` unless there is a key per input."""
+    digest, signatures = sighash_digest_and_signatures(raw)
+    return [SignatureCheck(sighash(digest, index), pubkey, signature, tx, index)
+            for index, (signature, pubkey) in enumerate(zip(signatures, pubkeys, strict=True))]
+
+
+Spend = tuple[Transaction, list[bytes]]
+"""A transaction of a block, and the keys of the coins its inputs spend: its signatures, to verify."""
+
+
+def spend_checks(spends: Sequence[Spend]) -> list[SignatureCheck]:
+    """The signature checks of ``spends`` (a block's, from :func:`connect_block_unsigned`), in order."""
+    return [check for tx, pubkeys in spends for check in signature_checks(tx, pubkeys)]
 
 
 def first_invalid_signature(checks: Sequence[SignatureCheck]) -> int | None:
@@ -357,10 +374,6 @@ def check_header_context(header: BlockHeader, ctx: HeaderContext, params: ChainP
                                 block=header.hash_hex)
 
 
-Spend = tuple[Transaction, list[bytes]]
-"""A transaction of a block, and the keys of the coins its inputs spend: its signatures, to verify."""
-
-
 def connect_block(block: Block, height: int, view: UtxoView, params: ChainParams,
                   verify_signatures: SignatureVerifier = first_invalid_signature) -> UtxoDiff:
     """Check ``block`` against the UTXO set at its parent and return what it changes.
@@ -374,7 +387,7 @@ def connect_block(block: Block, height: int, view: UtxoView, params: ChainParams
     ``verify_signatures``; the first one to fail in block order is reported.
     """
     diff, spends = connect_block_unsigned(block, height, view, params)
-    checks = [check for tx, pubkeys in spends for check in signature_checks(tx, pubkeys)]
+    checks = spend_checks(spends)
     failed = verify_signatures(checks)
     if failed is not None:
         check = checks[failed]
